@@ -1,0 +1,215 @@
+"""Distributions of positive or bounded scalars: hyperpriors, input distributions, scale priors.
+
+Each has `log_prob`, `sample(key, shape)`, `cdf`, `mean` and `variance`, so it can serve as a
+hyperprior of a prior, as the distribution of a prior's inputs, or as a scale prior.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import gammainc, gammaincc, gammaln
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from probnet._checks import as_float_array, check_positive, is_traced
+from probnet.distributions.base import AbstractDistribution
+
+
+def _check_positive_fields(module, *names):
+    for name in names:
+        value = getattr(module, name)
+        if not is_traced(value):
+            check_positive(name, value)
+
+
+class _Scalar(AbstractDistribution):
+    """Shared batch shape for the parameter-broadcast scalar families below."""
+
+    @property
+    def batch_shape(self):
+        arrays = [x for x in jax.tree_util.tree_leaves(self) if hasattr(x, "shape")]
+        return jnp.broadcast_shapes(*(jnp.shape(x) for x in arrays))
+
+
+class Uniform(_Scalar):
+    """U(low, high)."""
+
+    low: Float[Array, "..."] = eqx.field(converter=as_float_array)
+    high: Float[Array, "..."] = eqx.field(converter=as_float_array)
+
+    def __check_init__(self):
+        if not (is_traced(self.low) or is_traced(self.high)) and not jnp.all(self.high > self.low):
+            raise ValueError(f"Uniform needs high > low, got low={self.low}, high={self.high}")
+
+    def log_prob(self, value):
+        inside = (value >= self.low) & (value <= self.high)
+        return jnp.where(inside, -jnp.log(self.high - self.low), -jnp.inf)
+
+    def sample(self, key: PRNGKeyArray, shape: tuple[int, ...] = ()):
+        full = tuple(shape) + self.batch_shape
+        return jax.random.uniform(key, full, self.low.dtype, self.low, self.high)
+
+    def cdf(self, value):
+        return jnp.clip((value - self.low) / (self.high - self.low), 0.0, 1.0)
+
+    def quantile(self, q):
+        return self.low + q * (self.high - self.low)
+
+    @property
+    def mean(self):
+        return jnp.broadcast_to(0.5 * (self.low + self.high), self.batch_shape)
+
+    @property
+    def variance(self):
+        return jnp.broadcast_to((self.high - self.low) ** 2 / 12, self.batch_shape)
+
+
+class LogUniform(_Scalar):
+    """log x ~ U(log low, log high), for 0 < low < high."""
+
+    low: Float[Array, "..."] = eqx.field(converter=as_float_array)
+    high: Float[Array, "..."] = eqx.field(converter=as_float_array)
+
+    def __check_init__(self):
+        _check_positive_fields(self, "low", "high")
+        if not (is_traced(self.low) or is_traced(self.high)) and not jnp.all(self.high > self.low):
+            raise ValueError(f"LogUniform needs high > low, got low={self.low}, high={self.high}")
+
+    def _width(self):
+        return jnp.log(self.high) - jnp.log(self.low)
+
+    def log_prob(self, value):
+        inside = (value >= self.low) & (value <= self.high)
+        safe = jnp.where(inside, value, 1.0)
+        return jnp.where(inside, -jnp.log(safe) - jnp.log(self._width()), -jnp.inf)
+
+    def sample(self, key: PRNGKeyArray, shape: tuple[int, ...] = ()):
+        u = jax.random.uniform(key, tuple(shape) + self.batch_shape, self.low.dtype)
+        return self.low * jnp.exp(u * self._width())
+
+    def cdf(self, value):
+        safe = jnp.maximum(value, self.low)
+        return jnp.clip((jnp.log(safe) - jnp.log(self.low)) / self._width(), 0.0, 1.0)
+
+    def quantile(self, q):
+        return self.low * jnp.exp(q * self._width())
+
+    @property
+    def mean(self):
+        return jnp.broadcast_to((self.high - self.low) / self._width(), self.batch_shape)
+
+    @property
+    def variance(self):
+        second = (self.high**2 - self.low**2) / (2 * self._width())
+        return jnp.broadcast_to(second - self.mean**2, self.batch_shape)
+
+
+class Gamma(_Scalar):
+    """Gamma(concentration, rate): density ∝ x^(concentration-1) exp(-rate x)."""
+
+    concentration: Float[Array, "..."] = eqx.field(converter=as_float_array)
+    rate: Float[Array, "..."] = eqx.field(converter=as_float_array)
+
+    def __check_init__(self):
+        _check_positive_fields(self, "concentration", "rate")
+
+    def log_prob(self, value):
+        a, b = self.concentration, self.rate
+        safe = jnp.where(value > 0, value, 1.0)
+        lp = a * jnp.log(b) - gammaln(a) + (a - 1) * jnp.log(safe) - b * safe
+        return jnp.where(value > 0, lp, -jnp.inf)
+
+    def sample(self, key: PRNGKeyArray, shape: tuple[int, ...] = ()):
+        full = tuple(shape) + self.batch_shape
+        return jax.random.gamma(key, self.concentration, full, self.rate.dtype) / self.rate
+
+    def cdf(self, value):
+        return gammainc(self.concentration, self.rate * jnp.maximum(value, 0.0))
+
+    @property
+    def mean(self):
+        return jnp.broadcast_to(self.concentration / self.rate, self.batch_shape)
+
+    @property
+    def variance(self):
+        return jnp.broadcast_to(self.concentration / self.rate**2, self.batch_shape)
+
+
+class InverseGamma(_Scalar):
+    """Inverse-gamma IG(concentration α, scale β): density ∝ x^(-α-1) exp(-β / x)."""
+
+    concentration: Float[Array, "..."] = eqx.field(converter=as_float_array)
+    scale: Float[Array, "..."] = eqx.field(converter=as_float_array)
+
+    def __check_init__(self):
+        _check_positive_fields(self, "concentration", "scale")
+
+    def log_prob(self, value):
+        a, b = self.concentration, self.scale
+        safe = jnp.where(value > 0, value, 1.0)
+        lp = a * jnp.log(b) - gammaln(a) - (a + 1) * jnp.log(safe) - b / safe
+        return jnp.where(value > 0, lp, -jnp.inf)
+
+    def sample(self, key: PRNGKeyArray, shape: tuple[int, ...] = ()):
+        full = tuple(shape) + self.batch_shape
+        return self.scale / jax.random.gamma(key, self.concentration, full, self.scale.dtype)
+
+    def cdf(self, value):
+        safe = jnp.where(value > 0, value, 1.0)
+        return jnp.where(value > 0, gammaincc(self.concentration, self.scale / safe), 0.0)
+
+    @property
+    def mean(self):
+        a = self.concentration
+        return jnp.broadcast_to(jnp.where(a > 1, self.scale / (a - 1), jnp.inf), self.batch_shape)
+
+    @property
+    def variance(self):
+        a, b = self.concentration, self.scale
+        var = jnp.where(a > 2, b**2 / ((a - 1) ** 2 * (a - 2)), jnp.inf)
+        return jnp.broadcast_to(var, self.batch_shape)
+
+
+class Discrete(AbstractDistribution):
+    """A distribution on a finite set of `values` [M] with probabilities `probs` [M]."""
+
+    values: Float[Array, " M"] = eqx.field(converter=as_float_array)
+    probs: Float[Array, " M"] = eqx.field(converter=as_float_array)
+
+    def __init__(self, values, probs=None):
+        self.values = values
+        values = jnp.asarray(values)
+        self.probs = jnp.full(values.shape, 1.0 / values.shape[0]) if probs is None else probs
+
+    def __check_init__(self):
+        if jnp.ndim(self.values) != 1 or jnp.shape(self.values) != jnp.shape(self.probs):
+            raise ValueError(
+                f"values and probs must both have shape [M], got {jnp.shape(self.values)} "
+                f"and {jnp.shape(self.probs)}"
+            )
+        if not is_traced(self.probs):
+            if not (jnp.all(self.probs >= 0) and jnp.abs(jnp.sum(self.probs) - 1) < 1e-5):
+                raise ValueError(f"probs must be >= 0 and sum to 1, got {self.probs}")
+
+    @property
+    def batch_shape(self):
+        return ()
+
+    def log_prob(self, value):
+        hit = jnp.asarray(value)[..., None] == self.values
+        return jnp.log(jnp.sum(jnp.where(hit, self.probs, 0.0), axis=-1))
+
+    def sample(self, key: PRNGKeyArray, shape: tuple[int, ...] = ()):
+        idx = jax.random.categorical(key, jnp.log(self.probs), shape=tuple(shape))
+        return self.values[idx]
+
+    def cdf(self, value):
+        below = self.values <= jnp.asarray(value)[..., None]
+        return jnp.sum(jnp.where(below, self.probs, 0.0), axis=-1)
+
+    @property
+    def mean(self):
+        return jnp.sum(self.probs * self.values)
+
+    @property
+    def variance(self):
+        return jnp.sum(self.probs * self.values**2) - self.mean**2

@@ -1,0 +1,199 @@
+"""Exact Gaussian-process regression: posterior predictive, marginal likelihood, sampling.
+
+Contexts may carry a boolean `context_mask` `[N]`: masked-out points are removed exactly (their
+rows and columns of the Gram matrix are replaced by the identity and their targets by zero), so
+one compiled function serves every context size.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from probnet._checks import as_float_array, check_finite, check_ndim, check_positive, is_traced
+from probnet.kernels import AbstractKernel
+from probnet.linalg import cho_solve, cholesky, solve_lower
+
+
+def _validate_data(x, y, x_name="x", y_name="y"):
+    check_ndim(x_name, x, 2, "[N, D]")
+    check_ndim(y_name, y, 1, "[N]")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{x_name} and {y_name} must have the same number of points N, got {x_name} "
+            f"{x.shape} and {y_name} {y.shape}"
+        )
+    return check_finite(x_name, x), check_finite(y_name, y)
+
+
+def _validate_mask(mask, n, name="context_mask"):
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    if mask.shape != (n,) or mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"{name} must be a boolean array of shape [{n}], got {mask.dtype}{mask.shape}"
+        )
+    return mask
+
+
+class GPPosterior(eqx.Module):
+    """The GP conditioned on a (masked) context: factor `chol` of K + σ²I and `alpha` = K⁻¹y."""
+
+    kernel: AbstractKernel
+    noise_variance: Float[Array, ""]
+    x_context: Float[Array, "N D"]
+    chol: Float[Array, "N N"]
+    alpha: Float[Array, " N"]
+    mask: Bool[Array, " N"]
+
+    def cross(self, x_target: Float[Array, "M D"]) -> Float[Array, "N M"]:
+        """k(X, x*) with masked-out context rows zeroed."""
+        return jnp.where(self.mask[:, None], self.kernel.gram(self.x_context, x_target), 0.0)
+
+    def mean(self, x_target: Float[Array, "M D"]) -> Float[Array, " M"]:
+        return self.cross(x_target).T @ self.alpha
+
+    def variance(self, x_target: Float[Array, "M D"], include_noise: bool = True):
+        v = solve_lower(self.chol, self.cross(x_target))
+        var = self.kernel.diag(x_target) - jnp.sum(v**2, axis=0)
+        var = jnp.maximum(var, 0.0)
+        return var + self.noise_variance if include_noise else var
+
+    def covariance(self, x_target: Float[Array, "M D"], include_noise: bool = True):
+        v = solve_lower(self.chol, self.cross(x_target))
+        cov = self.kernel.gram(x_target, x_target) - v.T @ v
+        if include_noise:
+            cov = cov + self.noise_variance * jnp.eye(x_target.shape[0], dtype=cov.dtype)
+        return cov
+
+    def log_marginal_likelihood(self, y_context: Float[Array, " N"]) -> Float[Array, ""]:
+        y = jnp.where(self.mask, y_context, 0.0)
+        n = jnp.sum(self.mask)
+        return (
+            -0.5 * jnp.dot(y, self.alpha)
+            - jnp.sum(jnp.log(jnp.diagonal(self.chol)))
+            - 0.5 * n * jnp.log(2 * jnp.pi)
+        )
+
+
+def condition(
+    kernel: AbstractKernel,
+    noise_variance,
+    x_context: Float[Array, "N D"],
+    y_context: Float[Array, " N"],
+    context_mask: Bool[Array, " N"] | None = None,
+    jitter: float | None = None,
+) -> GPPosterior:
+    """Condition a zero-mean GP with Gaussian noise of variance `noise_variance` on a context."""
+    noise_variance = as_float_array(noise_variance)
+    n = x_context.shape[0]
+    mask = jnp.ones((n,), bool) if context_mask is None else context_mask
+    gram = kernel.gram(x_context, x_context) + noise_variance * jnp.eye(n, dtype=x_context.dtype)
+    both = mask[:, None] & mask[None, :]
+    gram = jnp.where(both, gram, jnp.eye(n, dtype=gram.dtype))
+    chol = cholesky(gram, jitter)
+    alpha = cho_solve(chol, jnp.where(mask, y_context, 0.0))
+    return GPPosterior(kernel, noise_variance, x_context, chol, alpha, mask)
+
+
+def _checked_condition(kernel, noise_variance, x_context, y_context, x_target, context_mask):
+    noise_variance = as_float_array(noise_variance)
+    if not is_traced(noise_variance):
+        check_positive("noise_variance", noise_variance)
+    x_context, y_context = _validate_data(x_context, y_context, "x_context", "y_context")
+    check_ndim("x_target", x_target, 2, "[M, D]")
+    x_target = check_finite("x_target", x_target)
+    if x_target.shape[1] != x_context.shape[1]:
+        raise ValueError(
+            f"x_target and x_context must have the same number of features D, got x_target "
+            f"{x_target.shape} and x_context {x_context.shape}"
+        )
+    kernel.check_features(x_target.shape[1])
+    mask = _validate_mask(context_mask, x_context.shape[0])
+    return condition(kernel, noise_variance, x_context, y_context, mask), x_target
+
+
+def predict(
+    kernel: AbstractKernel,
+    noise_variance,
+    x_context: Float[Array, "N D"],
+    y_context: Float[Array, " N"],
+    x_target: Float[Array, "M D"],
+    include_noise: bool = True,
+    context_mask: Bool[Array, " N"] | None = None,
+) -> tuple[Float[Array, " M"], Float[Array, " M"]]:
+    """Posterior predictive mean and variance at `x_target`.
+
+    `include_noise` adds the observation noise (the predictive of a noisy y*); otherwise the
+    latent f* variance. With zero context points this is the prior.
+    """
+    post, x_target = _checked_condition(
+        kernel, noise_variance, x_context, y_context, x_target, context_mask
+    )
+    return post.mean(x_target), post.variance(x_target, include_noise)
+
+
+def predict_covariance(
+    kernel: AbstractKernel,
+    noise_variance,
+    x_context: Float[Array, "N D"],
+    y_context: Float[Array, " N"],
+    x_target: Float[Array, "M D"],
+    include_noise: bool = True,
+    context_mask: Bool[Array, " N"] | None = None,
+) -> tuple[Float[Array, " M"], Float[Array, "M M"]]:
+    """Posterior predictive mean `[M]` and full covariance `[M, M]` at `x_target`."""
+    post, x_target = _checked_condition(
+        kernel, noise_variance, x_context, y_context, x_target, context_mask
+    )
+    return post.mean(x_target), post.covariance(x_target, include_noise)
+
+
+def log_marginal_likelihood(
+    kernel: AbstractKernel,
+    noise_variance,
+    x: Float[Array, "N D"],
+    y: Float[Array, " N"],
+    context_mask: Bool[Array, " N"] | None = None,
+) -> Float[Array, ""]:
+    """log p(y | X, θ) of the (masked) data under the GP with Gaussian noise, in nats."""
+    post, _ = _checked_condition(kernel, noise_variance, x, y, x[:0], context_mask)
+    return post.log_marginal_likelihood(y)
+
+
+def sample_prior(
+    key: PRNGKeyArray,
+    kernel: AbstractKernel,
+    x: Float[Array, "N D"],
+    num_samples: int = 1,
+    noise_variance=0.0,
+) -> Float[Array, "S N"]:
+    """`num_samples` draws of f(x) (plus noise of variance `noise_variance`), shape `[S, N]`."""
+    check_ndim("x", x, 2, "[N, D]")
+    x = check_finite("x", x)
+    cov = kernel(x, x) + as_float_array(noise_variance) * jnp.eye(x.shape[0], dtype=x.dtype)
+    chol = cholesky(cov)
+    eps = jax.random.normal(key, (num_samples, x.shape[0]), x.dtype)
+    return eps @ chol.T
+
+
+def sample_posterior(
+    key: PRNGKeyArray,
+    kernel: AbstractKernel,
+    noise_variance,
+    x_context: Float[Array, "N D"],
+    y_context: Float[Array, " N"],
+    x_target: Float[Array, "M D"],
+    num_samples: int = 1,
+    include_noise: bool = False,
+    context_mask: Bool[Array, " N"] | None = None,
+) -> Float[Array, "S M"]:
+    """Joint posterior draws of f(x_target) (or noisy y*), shape `[S, M]`."""
+    post, x_target = _checked_condition(
+        kernel, noise_variance, x_context, y_context, x_target, context_mask
+    )
+    mean, cov = post.mean(x_target), post.covariance(x_target, include_noise)
+    chol = cholesky(cov)
+    eps = jax.random.normal(key, (num_samples, x_target.shape[0]), mean.dtype)
+    return mean + eps @ chol.T
