@@ -14,13 +14,15 @@ def default_jitter(dtype) -> float:
 
 
 def cholesky(
-    matrix: Float[Array, "N N"], jitter: float | None = None, max_tries: int = 6
-) -> Float[Array, "N N"]:
-    """Lower Cholesky factor of a symmetric positive (semi-)definite matrix.
+    matrix: Float[Array, "*batch N N"], jitter: float | None = None, max_tries: int = 6
+) -> Float[Array, "*batch N N"]:
+    """Lower Cholesky factors of symmetric positive (semi-)definite matrices `[*batch, N, N]`.
 
-    Adds `jitter · mean(diag)` to the diagonal, and when the factorisation fails raises the
-    jitter tenfold (starting from 1e-8 relative if it was zero), up to `max_tries` times; raises
-    an error if it still fails. Works under jit, vmap and grad (the jitter is held constant).
+    Adds `jitter · mean(diag)` to each diagonal. Only when some factorisation fails (checked
+    once for the whole batch, so the common case costs one batched factorisation) is the jitter
+    of the failed matrices raised tenfold (from 1e-8 relative if it was zero), up to `max_tries`
+    times; an error is raised if it still fails. Works under jit, vmap and grad (the jitter is
+    held constant). Factor whole batches in one call: under `vmap` both paths are computed.
     """
     if matrix.shape[-1] == 0:
         return matrix
@@ -34,14 +36,15 @@ def cholesky(
     )
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _jittered_cholesky(matrix, start, max_tries):
-    n = matrix.shape[-1]
-    scale = jnp.maximum(jnp.mean(jnp.abs(jnp.diagonal(matrix))), jnp.finfo(matrix.dtype).tiny)
-    eye = jnp.eye(n, dtype=matrix.dtype)
+def _add_jitter(matrix, rel):
+    diag = jnp.diagonal(matrix, axis1=-2, axis2=-1)
+    scale = jnp.maximum(jnp.mean(jnp.abs(diag), -1), jnp.finfo(matrix.dtype).tiny)
+    eye = jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
+    return matrix + (rel * scale)[..., None, None] * eye
 
-    def factor(rel):
-        return jnp.linalg.cholesky(matrix + rel * scale * eye)
+
+def _retry(matrix, start, max_tries):
+    """Factor one matrix, raising the jitter until it succeeds or `max_tries` is reached."""
 
     def failed(chol):
         return ~jnp.all(jnp.isfinite(chol))
@@ -53,11 +56,25 @@ def _jittered_cholesky(matrix, start, max_tries):
     def body(state):
         _, rel, tries = state
         rel = jnp.where(rel > 0, rel * 10.0, 1e-8)
-        return factor(rel), rel, tries + 1
+        return jnp.linalg.cholesky(_add_jitter(matrix, rel)), rel, tries + 1
 
     rel0 = jnp.asarray(start, matrix.dtype)
-    chol, _, _ = jax.lax.while_loop(cond, body, (factor(rel0), rel0, jnp.array(0)))
-    return chol
+    first = jnp.linalg.cholesky(_add_jitter(matrix, rel0))
+    return jax.lax.while_loop(cond, body, (first, rel0, jnp.array(0)))[0]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _jittered_cholesky(matrix, start, max_tries):
+    fast = jnp.linalg.cholesky(_add_jitter(matrix, jnp.asarray(start, matrix.dtype)))
+    batch = matrix.shape[:-2]
+    n = matrix.shape[-1]
+
+    def slow(_):
+        flat = matrix.reshape((-1, n, n))
+        out = jax.vmap(lambda m: _retry(m, start, max_tries))(flat)
+        return out.reshape(batch + (n, n))
+
+    return jax.lax.cond(jnp.all(jnp.isfinite(fast)), lambda _: fast, slow, None)
 
 
 @_jittered_cholesky.defjvp
@@ -65,9 +82,11 @@ def _jittered_cholesky_jvp(start, max_tries, primals, tangents):
     # dL = L Φ(L⁻¹ dA L⁻ᵀ), Φ = lower triangle with the diagonal halved; jitter held constant.
     (matrix,), (dmatrix,) = primals, tangents
     chol = _jittered_cholesky(matrix, start, max_tries)
-    dmatrix = 0.5 * (dmatrix + dmatrix.T)
-    inner = solve_lower(chol, solve_lower(chol, dmatrix).T)
-    phi = jnp.tril(inner) - 0.5 * jnp.diag(jnp.diagonal(inner))
+    dmatrix = 0.5 * (dmatrix + jnp.swapaxes(dmatrix, -1, -2))
+    inner = solve_lower(chol, jnp.swapaxes(solve_lower(chol, dmatrix), -1, -2))
+    phi = jnp.tril(inner) - 0.5 * jnp.diagonal(inner, axis1=-2, axis2=-1)[..., None] * jnp.eye(
+        inner.shape[-1], dtype=inner.dtype
+    )
     return chol, chol @ phi
 
 

@@ -34,13 +34,13 @@ def test_batch_shapes_and_same_key_same_batch():
 
 def test_repeated_sampling_traces_once(monkeypatch):
     traces = []
-    original = GPPrior.sample_task
+    original = GPPrior.sample_batch
 
-    def counting(self, key, num_points):
+    def counting(self, keys, num_points):
         traces.append(num_points)
-        return original(self, key, num_points)
+        return original(self, keys, num_points)
 
-    monkeypatch.setattr(GPPrior, "sample_task", counting)
+    monkeypatch.setattr(GPPrior, "sample_batch", counting)
     prior = gp_prior()
     for i in range(5):
         prior.sample(jax.random.key(i), 4, 7)

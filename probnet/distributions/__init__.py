@@ -1,11 +1,13 @@
 """Distributions: the predictive protocol, Normals and mixtures, and scalar (hyper)priors."""
 
+from probnet.distributions.bar import BarDistribution, bar_borders
 from probnet.distributions.base import AbstractDistribution
 from probnet.distributions.normal import Normal, NormalMixture, normal_log_prob
 from probnet.distributions.scalar import Discrete, Gamma, InverseGamma, LogUniform, Uniform
 
 __all__ = [
     "AbstractDistribution",
+    "BarDistribution",
     "Discrete",
     "Gamma",
     "InverseGamma",
@@ -13,5 +15,9 @@ __all__ = [
     "Normal",
     "NormalMixture",
     "Uniform",
+    "bar_borders",
     "normal_log_prob",
 ]
+from probnet.distributions.scale import BurrXII, HalfCauchy, LogNormal, StudentT  # noqa: E402
+
+__all__ += ["BurrXII", "HalfCauchy", "LogNormal", "StudentT"]

@@ -43,6 +43,11 @@ class AbstractPrior(eqx.Module):
     def sample_task(self, key: PRNGKeyArray, num_points: int) -> Task:
         """One task: inputs `[num_points, num_features]`, targets `[num_points]`. Pure."""
 
+    def sample_batch(self, keys: PRNGKeyArray, num_points: int) -> Task:
+        """Tasks for keys `[T]`: task `i` equals `sample_task(keys[i], num_points)`. Pure; for
+        use inside compiled code. Priors override it where whole-batch operations are faster."""
+        return jax.vmap(lambda k: self.sample_task(k, num_points))(keys)
+
     def sample(
         self,
         key: PRNGKeyArray,
@@ -85,11 +90,11 @@ class AbstractPrior(eqx.Module):
 
 
 def sample_tasks(prior: AbstractPrior, keys: PRNGKeyArray, num_points: int) -> Task:
-    """Tasks for a batch of keys `[T]`, vmapped; for use inside compiled code."""
-    return jax.vmap(lambda k: prior.sample_task(k, num_points))(keys)
+    """Tasks for a batch of keys `[T]` (`prior.sample_batch`); for use inside compiled code."""
+    return prior.sample_batch(keys, num_points)
 
 
-@eqx.filter_jit
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _sample_batch(prior, key, num_tasks, num_points, mesh, axis):
     keys = jax.random.split(key, num_tasks)
     if mesh is None:

@@ -74,11 +74,20 @@ class GPPrior(AbstractPrior):
         return self.with_hyperparameters(**values)
 
     def sample_task(self, key: PRNGKeyArray, num_points: int) -> Task:
-        k_hyper, k_x, k_y = jax.random.split(key, 3)
-        kernel, noise = self.sample_hyperparameters(k_hyper)
-        x = draw_inputs(k_x, self.inputs, num_points, self.num_features)
-        cov = kernel.gram(x, x) + noise * jnp.eye(num_points, dtype=x.dtype)
-        y = cholesky(cov) @ jax.random.normal(k_y, (num_points,), x.dtype)
+        task = self.sample_batch(key[None], num_points)
+        return jax.tree_util.tree_map(lambda a: a[0], task)
+
+    def sample_batch(self, keys: PRNGKeyArray, num_points: int) -> Task:
+        def parts(key):
+            k_hyper, k_x, k_y = jax.random.split(key, 3)
+            kernel, noise = self.sample_hyperparameters(k_hyper)
+            x = draw_inputs(k_x, self.inputs, num_points, self.num_features)
+            cov = kernel.gram(x, x) + noise * jnp.eye(num_points, dtype=x.dtype)
+            return x, cov, jax.random.normal(k_y, (num_points,), x.dtype)
+
+        x, cov, eps = jax.vmap(parts)(keys)
+        # one batched factorisation for all tasks; jitter is raised only if one fails
+        y = jnp.einsum("tij,tj->ti", cholesky(cov), eps)
         return Task(x, y)
 
     @property

@@ -1,0 +1,197 @@
+"""Prior-Data Fitted Network (Müller et al., 2022): a transformer whose one forward pass gives
+the posterior predictive of the prior it was trained on, as a bar distribution."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from probnet._checks import as_float_array, check_count, check_finite, check_ndim
+from probnet.distributions import BarDistribution
+
+
+def _dense(key, fan_in, fan_out, shape_prefix=()):
+    """Weights `[*prefix, fan_in, fan_out]` ~ U(±1/√fan_in) and zero biases."""
+    bound = 1.0 / math.sqrt(fan_in)
+    w = jax.random.uniform(key, shape_prefix + (fan_in, fan_out), minval=-bound, maxval=bound)
+    return w, jnp.zeros(shape_prefix + (fan_out,))
+
+
+def _layer_norm(x, scale, bias, eps=1e-5):
+    mean = jnp.mean(x, -1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+class TransformerLayers(eqx.Module):
+    """`num_layers` pre-norm transformer layers, parameters stacked on a leading axis and applied
+    with `lax.scan` (one compiled layer body). Every token attends only to the context tokens."""
+
+    qkv_w: Float[Array, "L E 3E"]
+    qkv_b: Float[Array, "L 3E"]
+    out_w: Float[Array, "L E E"]
+    out_b: Float[Array, "L E"]
+    ff1_w: Float[Array, "L E F"]
+    ff1_b: Float[Array, "L F"]
+    ff2_w: Float[Array, "L F E"]
+    ff2_b: Float[Array, "L E"]
+    norm1: Float[Array, "L 2 E"]
+    norm2: Float[Array, "L 2 E"]
+    num_heads: int = eqx.field(static=True)
+
+    def __init__(self, key, num_layers, emb_size, ff_size, num_heads):
+        if emb_size % num_heads:
+            raise ValueError(f"emb_size ({emb_size}) must be divisible by num_heads ({num_heads})")
+        k = jax.random.split(key, 4)
+        pre = (num_layers,)
+        self.qkv_w, self.qkv_b = _dense(k[0], emb_size, 3 * emb_size, pre)
+        self.out_w, self.out_b = _dense(k[1], emb_size, emb_size, pre)
+        self.ff1_w, self.ff1_b = _dense(k[2], emb_size, ff_size, pre)
+        self.ff2_w, self.ff2_b = _dense(k[3], ff_size, emb_size, pre)
+        norm = jnp.stack([jnp.ones(emb_size), jnp.zeros(emb_size)])
+        self.norm1 = jnp.broadcast_to(norm, pre + norm.shape)
+        self.norm2 = jnp.broadcast_to(norm, pre + norm.shape)
+        self.num_heads = num_heads
+
+    def __call__(self, h: Float[Array, "T E"], key_mask: Bool[Array, " T"]) -> Float[Array, "T E"]:
+        tokens, emb = h.shape
+        heads, head_dim = self.num_heads, emb // self.num_heads
+        bias = jnp.where(key_mask, 0.0, -jnp.inf)
+        any_key = jnp.any(key_mask)
+
+        def layer(h, p):
+            qkv_w, qkv_b, out_w, out_b, ff1_w, ff1_b, ff2_w, ff2_b, n1, n2 = p
+            z = _layer_norm(h, n1[0], n1[1])
+            # heads lead ([3, H, T, Dh]) so both attention products are plain batched matmuls
+            qkv = (z @ qkv_w + qkv_b).reshape(tokens, 3 * heads, head_dim).transpose(1, 0, 2)
+            q, k, v = jnp.split(qkv.reshape(3, heads, tokens, head_dim), 3)
+            scores = (q[0] / math.sqrt(head_dim)) @ jnp.swapaxes(k[0], -1, -2) + bias
+            # no context at all: attention contributes nothing (the prior predictive)
+            weights = jnp.where(any_key, jax.nn.softmax(scores, axis=-1), 0.0)
+            att = (weights @ v[0]).transpose(1, 0, 2).reshape(tokens, emb)
+            h = h + att @ out_w + out_b
+            z = _layer_norm(h, n2[0], n2[1])
+            h = h + jax.nn.gelu(z @ ff1_w + ff1_b) @ ff2_w + ff2_b
+            return h, None
+
+        params = (
+            self.qkv_w,
+            self.qkv_b,
+            self.out_w,
+            self.out_b,
+            self.ff1_w,
+            self.ff1_b,
+            self.ff2_w,
+            self.ff2_b,
+            self.norm1,
+            self.norm2,
+        )
+        h, _ = jax.lax.scan(layer, h, params)
+        return h
+
+
+class PFN(eqx.Module):
+    """Prior-data fitted network for regression with a bar-distribution output.
+
+    A context token is embed(x) + embed(y), a query token embed(x); no positional encoding;
+    context tokens attend to context tokens and each query attends to the context only, so the
+    output does not depend on the order of the context nor on the other queries. Inputs and
+    targets are standardised inside with fixed statistics of the prior (`x_loc`, `x_scale`,
+    `y_loc`, `y_scale`), so raw data goes in and the bar borders are in raw target units.
+    """
+
+    x_embed: tuple[Float[Array, "D E"], Float[Array, " E"]]
+    y_embed: tuple[Float[Array, "1 E"], Float[Array, " E"]]
+    layers: TransformerLayers
+    final_norm: Float[Array, "2 E"]
+    decoder: tuple[Float[Array, "E F"], Float[Array, " F"], Float[Array, "F B"], Float[Array, " B"]]
+    borders: Float[Array, " B1"]
+    x_loc: Float[Array, " D"]
+    x_scale: Float[Array, " D"]
+    y_loc: Float[Array, ""]
+    y_scale: Float[Array, ""]
+
+    def __init__(
+        self,
+        key: PRNGKeyArray,
+        borders: Float[Array, " B1"],
+        num_features: int = 1,
+        emb_size: int = 128,
+        ff_size: int = 256,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        x_loc=0.0,
+        x_scale=1.0,
+        y_loc=0.0,
+        y_scale=1.0,
+    ):
+        check_count("num_features", num_features)
+        check_count("num_layers", num_layers)
+        borders = check_finite("borders", as_float_array(borders))
+        check_ndim("borders", borders, 1, "[B + 1]")
+        k = jax.random.split(key, 5)
+        self.x_embed = _dense(k[0], num_features, emb_size)
+        self.y_embed = _dense(k[1], 1, emb_size)
+        self.layers = TransformerLayers(k[2], num_layers, emb_size, ff_size, num_heads)
+        self.final_norm = jnp.stack([jnp.ones(emb_size), jnp.zeros(emb_size)])
+        w1, b1 = _dense(k[3], emb_size, ff_size)
+        w2, b2 = _dense(k[4], ff_size, borders.shape[0] - 1)
+        self.decoder = (w1, b1, w2 * 0.0, b2)  # start at uniform bucket probabilities
+        self.borders = borders
+        self.x_loc = jnp.broadcast_to(as_float_array(x_loc), (num_features,))
+        self.x_scale = jnp.broadcast_to(as_float_array(x_scale), (num_features,))
+        self.y_loc = as_float_array(y_loc)
+        self.y_scale = as_float_array(y_scale)
+
+    @property
+    def num_features(self) -> int:
+        return self.x_embed[0].shape[0]
+
+    def logits(
+        self, x: Float[Array, "T D"], y: Float[Array, " T"], context_mask: Bool[Array, " T"]
+    ) -> Float[Array, "T B"]:
+        """Bar logits for every token, with static shapes: tokens in `context_mask` are context
+        (their `y` is used); the others are queries (their `y` is ignored)."""
+        xs = (x - self.x_loc) / self.x_scale
+        ys = ((y - self.y_loc) / self.y_scale)[:, None]
+        h = xs @ self.x_embed[0] + self.x_embed[1]
+        h = h + jnp.where(context_mask[:, None], ys @ self.y_embed[0] + self.y_embed[1], 0.0)
+        h = self.layers(h, context_mask)
+        h = _layer_norm(h, self.final_norm[0], self.final_norm[1])
+        w1, b1, w2, b2 = self.decoder
+        return jax.nn.gelu(h @ w1 + b1) @ w2 + b2
+
+    def __call__(
+        self,
+        x_context: Float[Array, "N D"],
+        y_context: Float[Array, " N"],
+        x_target: Float[Array, "M D"],
+    ) -> BarDistribution:
+        """The posterior predictive at each of the `M` targets (batch shape `[M]`) given one
+        dataset's context; `N = 0` gives the prior predictive. Use `jax.vmap` for batches."""
+        for name, x in (("x_context", x_context), ("x_target", x_target)):
+            check_ndim(name, x, 2, f"[N, {self.num_features}]")
+            if x.shape[1] != self.num_features:
+                raise ValueError(
+                    f"{name} must have {self.num_features} features, got shape {x.shape}"
+                )
+        check_ndim("y_context", y_context, 1, "[N]")
+        if y_context.shape[0] != x_context.shape[0]:
+            raise ValueError(
+                f"x_context and y_context must have the same number of points, got "
+                f"{x_context.shape} and {y_context.shape}"
+            )
+        x_context = check_finite("x_context", x_context)
+        y_context = check_finite("y_context", y_context)
+        x_target = check_finite("x_target", x_target)
+        n = x_context.shape[0]
+        x = jnp.concatenate([x_context, x_target])
+        y = jnp.concatenate([y_context, jnp.zeros(x_target.shape[0], y_context.dtype)])
+        mask = jnp.arange(x.shape[0]) < n
+        return BarDistribution(self.borders, self.logits(x, y, mask)[n:])
+
+    def distribution(self, logits: Float[Array, "... B"]) -> BarDistribution:
+        """The bar distribution of given logits."""
+        return BarDistribution(self.borders, logits)
