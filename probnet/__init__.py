@@ -1,7 +1,19 @@
 """probnet: probabilistic modelling and amortized Bayesian inference in JAX."""
 
-from probnet import distributions, gp, kernels, linalg, priors
+from probnet import distributions, gp, kernels, linalg, pfn, priors, training
+from probnet.training import Trainer, TrainerConfig, load_run
 
 __version__ = "0.1.0"
 
-__all__ = ["distributions", "gp", "kernels", "linalg", "priors"]
+__all__ = [
+    "Trainer",
+    "TrainerConfig",
+    "distributions",
+    "gp",
+    "kernels",
+    "linalg",
+    "load_run",
+    "pfn",
+    "priors",
+    "training",
+]

@@ -1,5 +1,7 @@
 """Gaussian predictive distributions: a batch of Normals and a batch of Normal mixtures."""
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from probnet._checks import as_float_array, check_positive, is_traced
 from probnet.distributions.base import AbstractDistribution
 
-_LOG_SQRT_2PI = 0.5 * jnp.log(2 * jnp.pi)
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def normal_log_prob(value, loc, scale):
