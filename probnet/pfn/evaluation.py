@@ -87,8 +87,9 @@ def nll_by_context(
         def type2_nll(x, y):
             def one(x, y, k):
                 mask = index < k
-                kernel, noise = gp.fit_hyperparameters(start, 0.1, x, y, type2_steps,
-                                                       context_mask=mask)
+                kernel, noise = gp.fit_hyperparameters(
+                    start, 0.1, x, y, type2_steps, context_mask=mask
+                )
                 mean, var = gp.predict(kernel, noise, x, y, x, context_mask=mask)
                 return per_point(Normal.from_mean_variance(mean, var).log_prob(y), k)
 
