@@ -149,7 +149,10 @@ def test_bad_input_names_the_argument():
         gp.fit_hyperparameters(k, 0.1, x, y, num_steps=0)
 
 
-def test_nan_inside_jit_raises():
-    f = jax.jit(lambda y: gp.predict(RBF(), 0.1, jnp.ones((3, 1)), y, jnp.ones((2, 1)))[0])
-    with pytest.raises(Exception, match="y_context must be finite"):
-        jax.block_until_ready(f(jnp.array([1.0, jnp.nan, 0.0])))
+def test_failed_factorisation_inside_jit_raises():
+    # a NaN kernel variance reaches the Cholesky factorisation, which raises even under jit
+    f = jax.jit(
+        lambda v: gp.predict(RBF(v, 1.0), 0.1, jnp.ones((3, 1)), jnp.ones(3), jnp.ones((2, 1)))[0]
+    )
+    with pytest.raises(Exception, match="Cholesky factorisation failed"):
+        jax.block_until_ready(f(jnp.nan))
