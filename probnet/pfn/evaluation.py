@@ -30,14 +30,15 @@ def nll_by_context(
     num_datasets: int = 2000,
     num_points: int = 32,
     max_context: int | None = None,
+    context_sizes: tuple[int, ...] | None = None,
     type2_ml: bool = True,
     type2_kernel: AbstractKernel | None = None,
     type2_steps: int = 200,
     output: str | None = None,
 ) -> dict[str, float]:
     """Mean NLL (nats per held-out point) for every number of context points k = 1..max_context
-    (default `num_points - 1`) on `num_datasets` fresh datasets: the first k points of a dataset
-    are its context and the rest its targets.
+    (default `num_points - 1`), or each k in `context_sizes`, on `num_datasets` fresh datasets:
+    the first k points of a dataset are its context and the rest its targets.
 
     Methods: the PFN; the prior's exact posterior predictive where it has one; type-II maximum
     likelihood GP (an RBF kernel fitted by `gp.fit_hyperparameters`, or `type2_kernel`). Also
@@ -45,7 +46,7 @@ def nll_by_context(
     `<output>.png` of NLL against k.
     """
     max_context = num_points - 1 if max_context is None else max_context
-    ks = jnp.arange(1, max_context + 1)
+    ks = jnp.arange(1, max_context + 1) if context_sizes is None else jnp.array(context_sizes)
     tasks = prior.sample(key, num_datasets, num_points)
     index = jnp.arange(num_points)
 
