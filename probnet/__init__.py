@@ -1,6 +1,6 @@
 """probnet: probabilistic modelling and amortized Bayesian inference in JAX."""
 
-from probnet import distributions, gp, kernels, linalg, pfn, priors, training
+from probnet import distributions, gp, kernels, linalg, pfn, priors, samplers, training
 from probnet.training import Trainer, TrainerConfig, load_run
 
 __version__ = "0.1.0"
@@ -15,5 +15,6 @@ __all__ = [
     "load_run",
     "pfn",
     "priors",
+    "samplers",
     "training",
 ]
