@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/python experiments/demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests --nbmake notebooks
 
 lint: $(STAMP)
 	$(BIN)/ruff check probnet experiments tests

@@ -55,7 +55,7 @@ def main():
         num_datasets=args.num_datasets,
         context_sizes=ks,
         type2_ml=False,
-        output=os.path.join(args.out, "nll_by_k"),
+        plot_dir=args.out,
     )
     print(f"{'k':>3} {'PFN':>8} {'exact GP':>9} {'gap':>7}")
     for k in ks:
@@ -85,7 +85,7 @@ def main():
     fig.tight_layout()
     path = os.path.join(args.out, "pfn_vs_exact.png")
     fig.savefig(path, dpi=120)
-    print(f"saved {path} and {os.path.join(args.out, 'nll_by_k.png')}")
+    print(f"saved {path} and {os.path.join(args.out, 'nll_by_context.png')}")
 
 
 if __name__ == "__main__":

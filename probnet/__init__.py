@@ -1,6 +1,17 @@
 """probnet: probabilistic modelling and amortized Bayesian inference in JAX."""
 
-from probnet import distributions, gp, kernels, linalg, pfn, priors, samplers, training
+from probnet import (
+    _xla,  # noqa: F401  (JAX CPU settings, before JAX starts a backend)
+    distributions,
+    dt,
+    gp,
+    kernels,
+    linalg,
+    pfn,
+    priors,
+    samplers,
+    training,
+)
 from probnet.training import Trainer, TrainerConfig, load_run
 
 __version__ = "0.1.0"
@@ -9,6 +20,7 @@ __all__ = [
     "Trainer",
     "TrainerConfig",
     "distributions",
+    "dt",
     "gp",
     "kernels",
     "linalg",

@@ -21,3 +21,6 @@ __all__ = [
 from probnet.distributions.scale import BurrXII, HalfCauchy, LogNormal, StudentT  # noqa: E402
 
 __all__ += ["BurrXII", "HalfCauchy", "LogNormal", "StudentT"]
+from probnet.distributions.gmm import GMM, fit_gmm, gmm_kl_divergence  # noqa: E402
+
+__all__ += ["GMM", "fit_gmm", "gmm_kl_divergence"]

@@ -16,3 +16,24 @@ __all__ = [
     "Task",
     "sample_tasks",
 ]
+from probnet.priors.gmm import (  # noqa: E402
+    AbstractObservationModel,
+    GMMMetaPrior,
+    GMMPosteriorTasks,
+    GMMTask,
+    GridPosterior,
+    LinearGaussianDynamics,
+    LinearGaussianObservations,
+    NormalVarianceObservations,
+)
+
+__all__ += [
+    "AbstractObservationModel",
+    "GMMMetaPrior",
+    "GMMPosteriorTasks",
+    "GMMTask",
+    "GridPosterior",
+    "LinearGaussianDynamics",
+    "LinearGaussianObservations",
+    "NormalVarianceObservations",
+]

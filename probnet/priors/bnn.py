@@ -33,7 +33,9 @@ class BNNPrior(AbstractPrior):
     max_depth: int = eqx.field(static=True, default=3)
     min_width: int = eqx.field(static=True, default=8)
     max_width: int = eqx.field(static=True, default=64)
-    activations: tuple[str, ...] = eqx.field(static=True, default=("relu", "tanh", "sigmoid"))
+    activations: tuple[str, ...] = eqx.field(
+        static=True, converter=tuple, default=("relu", "tanh", "sigmoid")
+    )
     weight_std: AbstractDistribution | float = eqx.field(
         default_factory=lambda: LogUniform(0.5, 2.0)
     )

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from probnet.distributions import NormalMixture
+from probnet.priors.bnn import ACTIVATIONS  # the same activations as the BNN prior
 from probnet.samplers.mcmc import nuts
 from probnet.samplers.predictive import (
     _merge_draw_axes,
@@ -25,14 +26,6 @@ from probnet.samplers.predictive import (
 from probnet.samplers.result import SamplerResult
 
 __all__ = ["ACTIVATIONS", "BayesianMLP"]
-
-ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "gelu": jax.nn.gelu,
-    "sin": jnp.sin,
-}
 
 Params = list[tuple[Float[Array, "fan_in fan_out"], Float[Array, " fan_out"]]]
 

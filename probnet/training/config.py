@@ -99,8 +99,9 @@ class Config:
     `model`, `prior` and `loss` are `_target_` nodes for `hydra.utils.instantiate`; the model
     factory is called with an extra `key=` argument and the loss is instantiated as a partial
     `loss(model, batch, key) -> (scalar, metrics)`. `evaluators` maps names to `_target_` nodes
-    of functions `(model, prior, key, cfg) -> dict[str, float]`, run by periodic evaluation and
-    `experiments/evaluate.py`.
+    of functions `(model, prior, key, **kwargs) -> dict[str, float]` (the node's other keys are
+    the kwargs), run by periodic evaluation and `experiments/evaluate.py`; one that takes a
+    `plot_dir` argument writes its figures there when `experiments/evaluate.py` runs it.
     """
 
     name: str = "default"
@@ -139,13 +140,35 @@ class UniformConfig:
 
 @dataclass
 class GPPriorConfig:
-    """Schema of `prior/gp`: `probnet.priors.GPPrior` with fixed hyperparameters."""
+    """Schema of `prior/gp`: `probnet.priors.GPPrior`, with fixed hyperparameters or hyperpriors
+    (`_target_` nodes of probnet scalar distributions) on the lengthscale, variance and noise."""
 
     _target_: str = "probnet.priors.GPPrior"
     kernel: Any = field(default_factory=RBFKernelConfig)
     noise_variance: float = 0.01
     num_features: int = 1
-    inputs: UniformConfig = field(default_factory=UniformConfig)
+    inputs: Any = field(default_factory=UniformConfig)
+    lengthscale_prior: Any = None
+    variance_prior: Any = None
+    noise_prior: Any = None
+
+
+@dataclass
+class BNNPriorConfig:
+    """Schema of `prior/bnn`: `probnet.priors.BNNPrior` (fixed values or `_target_` nodes of
+    probnet scalar distributions for `weight_std` and `noise_std`)."""
+
+    _target_: str = "probnet.priors.BNNPrior"
+    _convert_: str = "all"
+    num_features: int = 1
+    min_depth: int = 1
+    max_depth: int = 3
+    min_width: int = 8
+    max_width: int = 64
+    activations: list[str] = field(default_factory=lambda: ["relu", "tanh", "sigmoid"])
+    weight_std: Any = 1.0
+    noise_std: Any = 0.1
+    inputs: Any = field(default_factory=lambda: UniformConfig(low=-1.0, high=1.0))
 
 
 @dataclass
@@ -169,6 +192,9 @@ class EvaluateConfig:
     num_tasks: int = 64
     seed: int = 12345
     output: str | None = None  # default: <run_dir>/evaluation.json
+    plots: bool = True  # evaluators with a `plot_dir` argument write figures into run_dir
+    # per-evaluator keyword overrides, e.g. options.nll.num_datasets=200
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTERED = False
@@ -188,6 +214,7 @@ def register_configs() -> None:
     cs.store(group="model", name="mlp_schema", node=MLPModelConfig)
     cs.store(group="prior", name="gp_schema", node=GPPriorConfig)
     cs.store(group="prior", name="linear_schema", node=LinearPriorConfig)
+    cs.store(group="prior", name="bnn_schema", node=BNNPriorConfig)
     _REGISTERED = True
 
 

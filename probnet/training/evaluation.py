@@ -1,5 +1,6 @@
 """Evaluation on fresh prior batches: the periodic callback and `experiments/evaluate.py`."""
 
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -62,11 +63,24 @@ def evaluate_run(
     num_tasks: int = 64,
     seed: int = 12345,
     output: str | os.PathLike | None = None,
+    plots: bool = True,
+    options: dict[str, dict] | None = None,
 ) -> dict:
     """The run's loss (mean and standard error over `num_batches` fresh batches of `num_tasks`
     tasks) and its evaluators' results; written as JSON to `output` (default
-    `run_dir/evaluation.json`)."""
+    `run_dir/evaluation.json`).
+
+    `options` maps an evaluator's name to keyword arguments that override its config (say
+    `{"nll": {"num_datasets": 200}}`). With `plots`, evaluators that take a `plot_dir` argument
+    write their figures (and data) into `run_dir`.
+    """
     model, cfg = load_run(run_dir)
+    evaluators = build_evaluators(cfg.get("evaluators"))
+    options = dict(options or {})
+    if unknown := set(options) - set(evaluators):
+        raise ValueError(
+            f"options for unknown evaluators {sorted(unknown)}; this run has {sorted(evaluators)}"
+        )
     step = int(json.loads((find_checkpoint(run_dir) / ckpt.MANIFEST_FILE).read_text())["step"])
     prior, loss = build_prior(cfg.prior), build_loss(cfg.loss)
     mesh = make_mesh(cfg.trainer.num_devices)
@@ -94,8 +108,12 @@ def evaluate_run(
     for name in results[0][1]:
         out[name] = float(np.mean([float(to_host(m[name])) for _, m in results]))
     evaluator_key = jax.random.fold_in(key, num_batches)
-    for name, fn in build_evaluators(cfg.get("evaluators")).items():
-        out.update({f"{name}/{k}": float(v) for k, v in fn(model, prior, evaluator_key).items()})
+    for name, fn in evaluators.items():
+        kwargs = dict(options.get(name, {}))
+        if plots and "plot_dir" in inspect.signature(fn).parameters:
+            kwargs.setdefault("plot_dir", str(run_dir))
+        result = fn(model, prior, evaluator_key, **kwargs)
+        out.update({f"{name}/{k}": float(v) for k, v in result.items()})
     output = Path(run_dir) / "evaluation.json" if output is None else Path(output)
     output.write_text(json.dumps(out, indent=2) + "\n")
     return out
