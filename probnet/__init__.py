@@ -1,7 +1,6 @@
 """probnet: probabilistic modelling and amortized Bayesian inference in JAX."""
 
 from probnet import (
-    _xla,  # noqa: F401  (JAX CPU settings, before JAX starts a backend)
     distributions,
     dt,
     gp,

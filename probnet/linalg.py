@@ -7,6 +7,52 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+# Below these sizes probnet factors and solves with its own batched loops instead of LAPACK:
+# faster there on CPU (measured: 32x32 Cholesky of 64 matrices 0.59 vs 0.74 ms; triangular
+# solves of 32 64x64 systems 0.55 vs 87 ms), and free of a deadlock seen on a 2-core machine
+# when two batched LAPACK calls wait for each other's work in XLA's shared thread pool.
+SMALL_CHOLESKY = 32
+SMALL_SOLVE = 128
+
+
+def _small_cholesky(a):
+    """Left-looking Cholesky, one column per step, vectorised over the batch; NaN if a pivot
+    is not positive (as LAPACK's result in JAX)."""
+    n = a.shape[-1]
+    index = jnp.arange(n)
+
+    def column(j, chol):
+        row = jax.lax.dynamic_index_in_dim(chol, j, axis=-2, keepdims=False)
+        rest = jax.lax.dynamic_index_in_dim(a, j, axis=-1, keepdims=False)
+        rest = rest - jnp.einsum("...ik,...k->...i", chol, row)
+        pivot = jnp.sqrt(jax.lax.dynamic_index_in_dim(rest, j, axis=-1, keepdims=False))
+        pivot = pivot[..., None]
+        col = jnp.where(index > j, rest / pivot, jnp.where(index == j, pivot, 0.0))
+        return jax.lax.dynamic_update_index_in_dim(chol, col[..., None], j, axis=-1)
+
+    return jax.lax.fori_loop(0, n, column, jnp.zeros_like(a))
+
+
+def _factor(a):
+    if a.shape[-1] <= SMALL_CHOLESKY:
+        return _small_cholesky(a)
+    return jnp.linalg.cholesky(a)
+
+
+def _small_solve_lower(chol, b):
+    """Forward substitution L x = b, one row per step; b is `[..., N, M]`."""
+    if chol.shape[-1] == 0:
+        return jnp.zeros_like(b)
+
+    def row(i, x):
+        l_i = jax.lax.dynamic_index_in_dim(chol, i, axis=-2, keepdims=False)
+        b_i = jax.lax.dynamic_index_in_dim(b, i, axis=-2, keepdims=False)
+        diag = jax.lax.dynamic_index_in_dim(l_i, i, axis=-1, keepdims=False)
+        x_i = (b_i - jnp.einsum("...k,...km->...m", l_i, x)) / diag[..., None]
+        return jax.lax.dynamic_update_index_in_dim(x, x_i[..., None, :], i, axis=-2)
+
+    return jax.lax.fori_loop(0, chol.shape[-1], row, jnp.zeros_like(b))
+
 
 def default_jitter(dtype) -> float:
     """Relative diagonal jitter tried first: none in float64, a little in float32."""
@@ -56,16 +102,16 @@ def _retry(matrix, start, max_tries):
     def body(state):
         _, rel, tries = state
         rel = jnp.where(rel > 0, rel * 10.0, 1e-8)
-        return jnp.linalg.cholesky(_add_jitter(matrix, rel)), rel, tries + 1
+        return _factor(_add_jitter(matrix, rel)), rel, tries + 1
 
     rel0 = jnp.asarray(start, matrix.dtype)
-    first = jnp.linalg.cholesky(_add_jitter(matrix, rel0))
+    first = _factor(_add_jitter(matrix, rel0))
     return jax.lax.while_loop(cond, body, (first, rel0, jnp.array(0)))[0]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _jittered_cholesky(matrix, start, max_tries):
-    fast = jnp.linalg.cholesky(_add_jitter(matrix, jnp.asarray(start, matrix.dtype)))
+    fast = _factor(_add_jitter(matrix, jnp.asarray(start, matrix.dtype)))
     batch = matrix.shape[:-2]
     n = matrix.shape[-1]
 
@@ -91,10 +137,18 @@ def _jittered_cholesky_jvp(start, max_tries, primals, tangents):
 
 
 def solve_lower(chol: Float[Array, "N N"], b: Float[Array, "N ..."]) -> Float[Array, "N ..."]:
-    """L⁻¹ b for lower-triangular L."""
-    return jax.scipy.linalg.solve_triangular(chol, b, lower=True)
+    """L⁻¹ b for lower-triangular L `[N, N]` and b `[N]` or `[N, M]`."""
+    if chol.ndim != 2 or b.ndim not in (1, 2) or chol.shape[-1] > SMALL_SOLVE:
+        return jax.scipy.linalg.solve_triangular(chol, b, lower=True)
+    out = _small_solve_lower(chol, b if b.ndim == 2 else b[:, None])
+    return out if b.ndim == 2 else out[:, 0]
 
 
 def cho_solve(chol: Float[Array, "N N"], b: Float[Array, "N ..."]) -> Float[Array, "N ..."]:
-    """(LLᵀ)⁻¹ b."""
-    return jax.scipy.linalg.cho_solve((chol, True), b)
+    """(LLᵀ)⁻¹ b for b `[N]` or `[N, M]`: a forward then a backward substitution."""
+    if chol.ndim != 2 or b.ndim not in (1, 2) or chol.shape[-1] > SMALL_SOLVE:
+        return jax.scipy.linalg.cho_solve((chol, True), b)
+    y = solve_lower(chol, b)
+    # Lᵀ x = y is lower-triangular after reversing the order of rows and columns
+    flipped = solve_lower(jnp.flip(chol.T, (0, 1)), jnp.flip(y, 0))
+    return jnp.flip(flipped, 0)

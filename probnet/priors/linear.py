@@ -14,7 +14,7 @@ from probnet._checks import (
     is_traced,
 )
 from probnet.distributions import AbstractDistribution, Normal, Uniform
-from probnet.linalg import cho_solve, cholesky
+from probnet.linalg import cho_solve, cholesky, solve_lower
 from probnet.priors._draw import check_inputs, draw_inputs
 from probnet.priors.base import AbstractPrior, Task
 
@@ -94,5 +94,5 @@ class LinearPrior(AbstractPrior):
         )
         mean, chol = self.posterior(x_context, y_context, context_mask)
         phi_t = self.features(x_target)
-        v = jax.scipy.linalg.solve_triangular(chol, phi_t.T, lower=True)
+        v = solve_lower(chol, phi_t.T)
         return Normal.from_mean_variance(phi_t @ mean, jnp.sum(v**2, 0) + self.noise_variance)
