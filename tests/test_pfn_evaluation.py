@@ -118,3 +118,35 @@ def test_nll_by_context_rejects_bad_context_sizes():
             nuts_datasets=1,
             nuts_context_sizes=(2,),
         )
+
+
+def test_training_keeps_the_borders_and_normalisation_fixed():
+    from probnet.pfn import pfn_loss
+    from probnet.training import Trainer, TrainerConfig
+
+    prior = LinearPrior(1)
+    model = pfn_for_prior(
+        prior,
+        jax.random.key(0),
+        num_bars=10,
+        emb_size=8,
+        ff_size=8,
+        num_layers=1,
+        num_heads=1,
+        num_points=8,
+        num_border_tasks=50,
+    )
+    config = TrainerConfig(
+        steps=4,
+        num_tasks=8,
+        num_points=8,
+        steps_per_call=2,
+        lr=1e-2,
+        warmup_steps=0,
+        log_every=2,
+        progress=False,
+    )
+    trained = Trainer(pfn_loss, prior, config).fit(model, jax.random.key(1)).model
+    for name in ("borders", "x_loc", "x_scale", "y_loc", "y_scale"):
+        np.testing.assert_array_equal(getattr(trained, name), getattr(model, name))
+    assert not np.allclose(trained.decoder[2], model.decoder[2])  # while the weights move

@@ -19,7 +19,7 @@ def pfn_loss(
     num_points = batch.y.shape[-1]
     k = jax.random.randint(key, (), min_context, num_points)
     mask = jnp.arange(num_points) < k
-    logits = jax.vmap(model.logits, in_axes=(0, 0, None))(batch.x, batch.y, mask)
+    logits = model.batch_logits(batch.x, batch.y, mask)
     log_prob = model.distribution(logits).log_prob(batch.y)
     targets = jnp.broadcast_to(~mask, log_prob.shape)
     nll = -jnp.sum(jnp.where(targets, log_prob, 0.0)) / jnp.sum(targets)

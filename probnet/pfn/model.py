@@ -19,15 +19,59 @@ def _dense(key, fan_in, fan_out, shape_prefix=()):
     return w, jnp.zeros(shape_prefix + (fan_out,))
 
 
-def _layer_norm(x, scale, bias, eps=1e-5):
+def _sum_leading(g: Float[Array, "N E"]) -> Float[Array, " E"]:
+    """Column sums as a matrix-vector product: XLA CPU rewrites a long column reduction into
+    slow reduce-window loops, while a dot runs at matmul speed."""
+    return jnp.ones(g.shape[0], g.dtype) @ g
+
+
+@jax.custom_vjp
+def _linear(x: Float[Array, "N K"], w: Float[Array, "K M"], b: Float[Array, " M"]):
+    """`x @ w + b` with a hand-written backward: the incoming gradient is materialised once
+    (so XLA does not fuse elementwise backward work into the transposed copies that feed the
+    weight-gradient dot) and the bias gradient is a dot."""
+    return x @ w + b
+
+
+def _linear_fwd(x, w, b):
+    return x @ w + b, (x, w)
+
+
+def _linear_bwd(res, g):
+    x, w = res
+    g = jax.lax.optimization_barrier(g)
+    return g @ w.T, x.T @ g, _sum_leading(g)
+
+
+_linear.defvjp(_linear_fwd, _linear_bwd)
+
+
+@jax.custom_vjp
+def _affine(x: Float[Array, "N E"], scale: Float[Array, " E"], b: Float[Array, " E"]):
+    """`x * scale + b` with dot-based parameter gradients (see `_sum_leading`)."""
+    return x * scale + b
+
+
+_affine.defvjp(
+    lambda x, scale, b: (x * scale + b, (x, scale)),
+    lambda res, g: (g * res[1], _sum_leading(g * res[0]), _sum_leading(g)),
+)
+
+
+def _layer_norm(x: Float[Array, "N E"], scale, bias, eps=1e-5) -> Float[Array, "N E"]:
     mean = jnp.mean(x, -1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+    return _affine((x - mean) * jax.lax.rsqrt(var + eps), scale, bias)
 
 
 class TransformerLayers(eqx.Module):
     """`num_layers` pre-norm transformer layers, parameters stacked on a leading axis and applied
-    with `lax.scan` (one compiled layer body). Every token attends only to the context tokens."""
+    with `lax.scan` (one compiled layer body). Every token attends only to the context tokens.
+
+    Works on a batch of datasets at once (tokens flattened to `[B * T, E]` for the dense maps,
+    attention in the `[B, T, H, Dh]` layout, so no head transposes). With `_linear` and
+    `_affine` this cut XLA CPU's gradient time about 1.3-2x against a `vmap` over datasets
+    (the transposed copies, reduce-windows and recomputed elementwise chains went away)."""
 
     qkv_w: Float[Array, "L E 3E"]
     qkv_b: Float[Array, "L 3E"]
@@ -55,8 +99,10 @@ class TransformerLayers(eqx.Module):
         self.norm2 = jnp.broadcast_to(norm, pre + norm.shape)
         self.num_heads = num_heads
 
-    def __call__(self, h: Float[Array, "T E"], key_mask: Bool[Array, " T"]) -> Float[Array, "T E"]:
-        tokens, emb = h.shape
+    def __call__(
+        self, h: Float[Array, "B T E"], key_mask: Bool[Array, " T"]
+    ) -> Float[Array, "B T E"]:
+        batch, tokens, emb = h.shape
         heads, head_dim = self.num_heads, emb // self.num_heads
         bias = jnp.where(key_mask, 0.0, -1e9)  # finite: no NaN gradients with zero context
         any_key = jnp.any(key_mask)
@@ -64,16 +110,15 @@ class TransformerLayers(eqx.Module):
         def layer(h, p):
             qkv_w, qkv_b, out_w, out_b, ff1_w, ff1_b, ff2_w, ff2_b, n1, n2 = p
             z = _layer_norm(h, n1[0], n1[1])
-            # heads lead ([3, H, T, Dh]) so both attention products are plain batched matmuls
-            qkv = (z @ qkv_w + qkv_b).reshape(tokens, 3 * heads, head_dim).transpose(1, 0, 2)
-            q, k, v = jnp.split(qkv.reshape(3, heads, tokens, head_dim), 3)
-            scores = (q[0] / math.sqrt(head_dim)) @ jnp.swapaxes(k[0], -1, -2) + bias
+            qkv = _linear(z, qkv_w, qkv_b).reshape(batch, tokens, 3, heads, head_dim)
+            q = qkv[:, :, 0] * (1.0 / math.sqrt(head_dim))
+            scores = jnp.einsum("bthd,bshd->bhts", q, qkv[:, :, 1]) + bias
             # no context at all: attention contributes nothing (the prior predictive)
             weights = jnp.where(any_key, jax.nn.softmax(scores, axis=-1), 0.0)
-            att = (weights @ v[0]).transpose(1, 0, 2).reshape(tokens, emb)
-            h = h + att @ out_w + out_b
+            att = jnp.einsum("bhts,bshd->bthd", weights, qkv[:, :, 2])
+            h = h + _linear(att.reshape(batch * tokens, emb), out_w, out_b)
             z = _layer_norm(h, n2[0], n2[1])
-            h = h + jax.nn.gelu(z @ ff1_w + ff1_b) @ ff2_w + ff2_b
+            h = h + _linear(jax.nn.gelu(_linear(z, ff1_w, ff1_b)), ff2_w, ff2_b)
             return h, None
 
         params = (
@@ -88,8 +133,8 @@ class TransformerLayers(eqx.Module):
             self.norm1,
             self.norm2,
         )
-        h, _ = jax.lax.scan(layer, h, params)
-        return h
+        h, _ = jax.lax.scan(layer, h.reshape(batch * tokens, emb), params)
+        return h.reshape(batch, tokens, emb)
 
 
 class PFN(eqx.Module):
@@ -149,19 +194,35 @@ class PFN(eqx.Module):
     def num_features(self) -> int:
         return self.x_embed[0].shape[0]
 
+    def trainable_mask(self) -> "PFN":
+        """Filter for `probnet.training.Trainer`: every weight is trained; the bar borders and the
+        normalisation statistics of the prior stay fixed."""
+        mask = jax.tree.map(eqx.is_inexact_array, self)
+        fixed = lambda m: (m.borders, m.x_loc, m.x_scale, m.y_loc, m.y_scale)  # noqa: E731
+        return eqx.tree_at(fixed, mask, (False,) * 5)
+
     def logits(
         self, x: Float[Array, "T D"], y: Float[Array, " T"], context_mask: Bool[Array, " T"]
     ) -> Float[Array, "T B"]:
         """Bar logits for every token, with static shapes: tokens in `context_mask` are context
         (their `y` is used); the others are queries (their `y` is ignored)."""
-        xs = (x - self.x_loc) / self.x_scale
-        ys = ((y - self.y_loc) / self.y_scale)[:, None]
-        h = xs @ self.x_embed[0] + self.x_embed[1]
-        h = h + jnp.where(context_mask[:, None], ys @ self.y_embed[0] + self.y_embed[1], 0.0)
-        h = self.layers(h, context_mask)
+        return self.batch_logits(x[None], y[None], context_mask)[0]
+
+    def batch_logits(
+        self, x: Float[Array, "N T D"], y: Float[Array, "N T"], context_mask: Bool[Array, " T"]
+    ) -> Float[Array, "N T B"]:
+        """`logits` of `N` datasets sharing one context mask, computed together (equal to a
+        `vmap` of `logits`, and faster to differentiate)."""
+        n, t = y.shape
+        xs = ((x - self.x_loc) / self.x_scale).reshape(n * t, -1)
+        ys = ((y - self.y_loc) / self.y_scale).reshape(n * t, 1)
+        h = _linear(xs, *self.x_embed)
+        is_context = jnp.tile(context_mask, n)[:, None]
+        h = h + jnp.where(is_context, _linear(ys, *self.y_embed), 0.0)
+        h = self.layers(h.reshape(n, t, -1), context_mask).reshape(n * t, -1)
         h = _layer_norm(h, self.final_norm[0], self.final_norm[1])
         w1, b1, w2, b2 = self.decoder
-        return jax.nn.gelu(h @ w1 + b1) @ w2 + b2
+        return _linear(jax.nn.gelu(_linear(h, w1, b1)), w2, b2).reshape(n, t, -1)
 
     def __call__(
         self,
