@@ -10,6 +10,20 @@ from probnet.pfn import bayesian_mlp_of, nll_by_context, pfn_for_prior
 from probnet.priors import BNNPrior, LinearPrior
 
 
+def _tiny_pfn(prior, num_bars, width, heads):
+    return pfn_for_prior(
+        prior,
+        jax.random.key(0),
+        num_bars=num_bars,
+        emb_size=width,
+        ff_size=width,
+        num_layers=1,
+        num_heads=heads,
+        num_points=8,
+        num_border_tasks=100,
+    )
+
+
 def test_bayesian_mlp_of_has_the_bnn_priors_distribution():
     """NUTS on `bayesian_mlp_of(prior)` is exact Bayes only if its prior over y equals the
     BNN prior's: two-sample KS on y at the first point of 3000 draws each, and on a second point
@@ -53,17 +67,7 @@ def test_bayesian_mlp_of_needs_a_fixed_architecture():
 
 def test_nll_by_context_reports_every_method_and_writes_its_plot(tmp_path):
     prior = LinearPrior(1, weight_variance=1.0, noise_variance=0.1)
-    model = pfn_for_prior(
-        prior,
-        jax.random.key(0),
-        num_bars=20,
-        emb_size=16,
-        ff_size=16,
-        num_layers=1,
-        num_heads=2,
-        num_points=8,
-        num_border_tasks=200,
-    )
+    model = _tiny_pfn(prior, num_bars=20, width=16, heads=2)
     out = nll_by_context(
         model,
         prior,
@@ -91,17 +95,7 @@ def test_nll_by_context_reports_every_method_and_writes_its_plot(tmp_path):
 
 def test_nll_by_context_rejects_bad_context_sizes():
     prior = LinearPrior(1)
-    model = pfn_for_prior(
-        prior,
-        jax.random.key(0),
-        num_bars=10,
-        emb_size=8,
-        ff_size=8,
-        num_layers=1,
-        num_heads=1,
-        num_points=8,
-        num_border_tasks=50,
-    )
+    model = _tiny_pfn(prior, num_bars=10, width=8, heads=1)
     with pytest.raises(ValueError, match="context sizes"):
         nll_by_context(
             model, prior, jax.random.key(1), num_datasets=2, num_points=8, context_sizes=(8,)
@@ -125,17 +119,7 @@ def test_training_keeps_the_borders_and_normalisation_fixed():
     from probnet.training import Trainer, TrainerConfig
 
     prior = LinearPrior(1)
-    model = pfn_for_prior(
-        prior,
-        jax.random.key(0),
-        num_bars=10,
-        emb_size=8,
-        ff_size=8,
-        num_layers=1,
-        num_heads=1,
-        num_points=8,
-        num_border_tasks=50,
-    )
+    model = _tiny_pfn(prior, num_bars=10, width=8, heads=1)
     config = TrainerConfig(
         steps=4,
         num_tasks=8,
