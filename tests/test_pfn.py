@@ -16,8 +16,16 @@ PRIOR = GPPrior(RBF(1.0, 0.2), 0.01, num_features=1)
 @pytest.fixture(scope="module")
 def small_pfn():
     ys = PRIOR.sample(jax.random.key(0), 256, 16).y
-    return PFN(jax.random.key(1), bar_borders(ys, 20), emb_size=32, ff_size=64, num_layers=2,
-               num_heads=4, x_loc=0.5, x_scale=0.3)
+    return PFN(
+        jax.random.key(1),
+        bar_borders(ys, 20),
+        emb_size=32,
+        ff_size=64,
+        num_layers=2,
+        num_heads=4,
+        x_loc=0.5,
+        x_scale=0.3,
+    )
 
 
 def test_invariant_to_context_order_and_to_other_queries(small_pfn):
@@ -25,8 +33,11 @@ def test_invariant_to_context_order_and_to_other_queries(small_pfn):
     x, y = task.x[0], task.y[0]
     xc, yc, xt = x[:12], y[:12], x[12:]
     # randomise the untrained decoder so the test is not trivially satisfied
-    model = eqx.tree_at(lambda m: m.decoder[2], small_pfn,
-                        jax.random.normal(jax.random.key(3), small_pfn.decoder[2].shape))
+    model = eqx.tree_at(
+        lambda m: m.decoder[2],
+        small_pfn,
+        jax.random.normal(jax.random.key(3), small_pfn.decoder[2].shape),
+    )
     base = model(xc, yc, xt).logits
     perm = jax.random.permutation(jax.random.key(4), 12)
     permuted = model(xc[perm], yc[perm], xt).logits
@@ -48,8 +59,16 @@ def test_tiny_pfn_beats_the_prior_predictive():
     # datasets. The prior predictive N(0, 1.01) scores about 1.42 nats; the exact posterior
     # about -0.1. The trained PFN must beat the prior predictive by at least 0.5 nats.
     ys = PRIOR.sample(jax.random.key(0), 512, 16).y
-    model = PFN(jax.random.key(1), bar_borders(ys, 30), emb_size=32, ff_size=64, num_layers=2,
-                num_heads=4, x_loc=0.5, x_scale=0.3)
+    model = PFN(
+        jax.random.key(1),
+        bar_borders(ys, 30),
+        emb_size=32,
+        ff_size=64,
+        num_layers=2,
+        num_heads=4,
+        x_loc=0.5,
+        x_scale=0.3,
+    )
     opt = optax.adam(3e-3)
     params, static = eqx.partition(model, eqx.is_array)
 
