@@ -13,12 +13,12 @@ from probnet.priors import GPPrior
 PRIOR = GPPrior(RBF(1.0, 0.2), 0.01, num_features=1)
 
 
-@pytest.fixture(scope="module")
-def small_pfn():
-    ys = PRIOR.sample(jax.random.key(0), 256, 16).y
+def _pfn(num_border_tasks, num_bars):
+    """A 2-layer PFN for the 1-D GP prior, bar borders from prior targets."""
+    ys = PRIOR.sample(jax.random.key(0), num_border_tasks, 16).y
     return PFN(
         jax.random.key(1),
-        bar_borders(ys, 20),
+        bar_borders(ys, num_bars),
         emb_size=32,
         ff_size=64,
         num_layers=2,
@@ -26,6 +26,11 @@ def small_pfn():
         x_loc=0.5,
         x_scale=0.3,
     )
+
+
+@pytest.fixture(scope="module")
+def small_pfn():
+    return _pfn(256, 20)
 
 
 def test_invariant_to_context_order_and_to_other_queries(small_pfn):
@@ -58,17 +63,7 @@ def test_tiny_pfn_beats_the_prior_predictive():
     # 400 Adam steps on 16-point GP datasets; evaluated with 10 context points on 256 fresh
     # datasets. The prior predictive N(0, 1.01) scores about 1.42 nats; the exact posterior
     # about -0.1. The trained PFN must beat the prior predictive by at least 0.5 nats.
-    ys = PRIOR.sample(jax.random.key(0), 512, 16).y
-    model = PFN(
-        jax.random.key(1),
-        bar_borders(ys, 30),
-        emb_size=32,
-        ff_size=64,
-        num_layers=2,
-        num_heads=4,
-        x_loc=0.5,
-        x_scale=0.3,
-    )
+    model = _pfn(512, 30)
     opt = optax.adam(3e-3)
     params, static = eqx.partition(model, eqx.is_array)
 
