@@ -51,3 +51,29 @@ def check_count(name: str, value: int, minimum: int = 1) -> int:
 def as_float_array(x):
     """Convert to a JAX array of the default float dtype (float32, or float64 under x64)."""
     return jnp.asarray(x, dtype=jnp.result_type(float))
+
+
+def check_inputs_shape(name: str, x, num_features: int | None = None):
+    """Return `x` as a finite array, raising unless it is `[N, D]` (`D = num_features` if
+    given)."""
+    x = jnp.asarray(x)
+    if x.ndim != 2 or (num_features is not None and x.shape[1] != num_features):
+        features = "D" if num_features is None else f"D={num_features}"
+        raise ValueError(f"{name} must have shape [N, {features}], got shape {x.shape}")
+    return check_finite(name, x)
+
+
+def check_data(x, y, x_name="x", y_name="y", num_features: int | None = None, y_ndims=(1,)):
+    """Return `(x, y)` as finite arrays, raising unless x is `[N, D]` (`D = num_features` if
+    given) and y is `[N]` (or `[N, C]` where 2 is in `y_ndims`) with the same N."""
+    x = check_inputs_shape(x_name, x, num_features)
+    y = jnp.asarray(y)
+    if y.ndim not in y_ndims:
+        shapes = " or ".join({1: "[N]", 2: "[N, C]"}[d] for d in y_ndims)
+        raise ValueError(f"{y_name} must have shape {shapes}, got shape {y.shape}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{x_name} and {y_name} must have the same number of points N, got {x_name} "
+            f"{x.shape} and {y_name} {y.shape}"
+        )
+    return x, check_finite(y_name, y)

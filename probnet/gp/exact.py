@@ -10,20 +10,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from probnet._checks import as_float_array, check_finite, check_ndim, check_positive, is_traced
+from probnet._checks import (
+    as_float_array,
+    check_data,
+    check_inputs_shape,
+    check_positive,
+    is_traced,
+)
 from probnet.kernels import AbstractKernel
 from probnet.linalg import cho_solve, cholesky, solve_lower
-
-
-def _validate_data(x, y, x_name="x", y_name="y"):
-    check_ndim(x_name, x, 2, "[N, D]")
-    check_ndim(y_name, y, 1, "[N]")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"{x_name} and {y_name} must have the same number of points N, got {x_name} "
-            f"{x.shape} and {y_name} {y.shape}"
-        )
-    return check_finite(x_name, x), check_finite(y_name, y)
 
 
 def _validate_mask(mask, n, name="context_mask"):
@@ -101,9 +96,8 @@ def _checked_condition(kernel, noise_variance, x_context, y_context, x_target, c
     noise_variance = as_float_array(noise_variance)
     if not is_traced(noise_variance):
         check_positive("noise_variance", noise_variance)
-    x_context, y_context = _validate_data(x_context, y_context, "x_context", "y_context")
-    check_ndim("x_target", x_target, 2, "[M, D]")
-    x_target = check_finite("x_target", x_target)
+    x_context, y_context = check_data(x_context, y_context, "x_context", "y_context")
+    x_target = check_inputs_shape("x_target", x_target)
     if x_target.shape[1] != x_context.shape[1]:
         raise ValueError(
             f"x_target and x_context must have the same number of features D, got x_target "
@@ -170,8 +164,7 @@ def sample_prior(
     noise_variance=0.0,
 ) -> Float[Array, "S N"]:
     """`num_samples` draws of f(x) (plus noise of variance `noise_variance`), shape `[S, N]`."""
-    check_ndim("x", x, 2, "[N, D]")
-    x = check_finite("x", x)
+    x = check_inputs_shape("x", x)
     cov = kernel(x, x) + as_float_array(noise_variance) * jnp.eye(x.shape[0], dtype=x.dtype)
     chol = cholesky(cov)
     eps = jax.random.normal(key, (num_samples, x.shape[0]), x.dtype)

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Bool, Float
 
-from probnet._checks import as_float_array, check_count
-from probnet.gp.exact import _validate_data, _validate_mask, condition
+from probnet._checks import as_float_array, check_count, check_data
+from probnet.gp.exact import _validate_mask, condition
 from probnet.kernels import AbstractKernel
 
 
@@ -29,7 +29,7 @@ def fit_hyperparameters(
     `min_noise_variance`.
     """
     check_count("num_steps", num_steps)
-    x, y = _validate_data(x, y)
+    x, y = check_data(x, y)
     mask = _validate_mask(context_mask, x.shape[0])
     noise_variance = as_float_array(noise_variance)
     params, static = eqx.partition(kernel, eqx.is_inexact_array)

@@ -8,8 +8,8 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from probnet._checks import (
     as_float_array,
     check_count,
-    check_finite,
-    check_ndim,
+    check_data,
+    check_inputs_shape,
     check_positive,
     is_traced,
 )
@@ -76,22 +76,10 @@ class LinearPrior(AbstractPrior):
         context_mask: Bool[Array, " N"] | None = None,
     ) -> Normal:
         """N(φ*ᵀm, φ*ᵀA⁻¹φ* + σ²) with A = ΦᵀΦ/σ² + I/σ_w², m = A⁻¹Φᵀy/σ²."""
-        for name, x in (("x_context", x_context), ("x_target", x_target)):
-            check_ndim(name, x, 2, f"[N, {self.num_features}]")
-            if x.shape[1] != self.num_features:
-                raise ValueError(
-                    f"{name} must have {self.num_features} features, got shape {x.shape}"
-                )
-        check_ndim("y_context", y_context, 1, "[N]")
-        if y_context.shape[0] != x_context.shape[0]:
-            raise ValueError(
-                f"x_context and y_context must have the same number of points, got "
-                f"{x_context.shape} and {y_context.shape}"
-            )
-        x_context, y_context = (
-            check_finite("x_context", x_context),
-            check_finite("y_context", y_context),
+        x_context, y_context = check_data(
+            x_context, y_context, "x_context", "y_context", self.num_features
         )
+        x_target = check_inputs_shape("x_target", x_target, self.num_features)
         mean, chol = self.posterior(x_context, y_context, context_mask)
         phi_t = self.features(x_target)
         v = solve_lower(chol, phi_t.T)

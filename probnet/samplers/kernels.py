@@ -40,45 +40,23 @@ class TransitionKernel(NamedTuple):
 def build_kernel(settings: AlgorithmSettings) -> TransitionKernel:
     """The BlackJAX kernel for `settings`, with the statistics we keep per transition."""
     if settings.name == "nuts":
-        kernel = blackjax.nuts.build_kernel(divergence_threshold=settings.divergence_threshold)
+        module, extra = blackjax.nuts, {"max_num_doublings": settings.max_num_doublings}
+    elif settings.name == "hmc":
+        module, extra = blackjax.hmc, {"num_integration_steps": settings.num_integration_steps}
+    else:
+        raise ValueError(f"algorithm must be 'nuts' or 'hmc', got {settings.name!r}")
+    kernel = module.build_kernel(divergence_threshold=settings.divergence_threshold)
 
-        def step(key, state, logdensity_fn, step_size, inverse_mass_matrix):
-            state, info = kernel(
-                key,
-                state,
-                logdensity_fn,
-                step_size,
-                inverse_mass_matrix,
-                max_num_doublings=settings.max_num_doublings,
-            )
-            return state, {
-                "acceptance_rate": info.acceptance_rate,
-                "is_divergent": info.is_divergent,
-                "num_integration_steps": jnp.asarray(info.num_integration_steps, jnp.int32),
-                "tree_depth": jnp.asarray(info.num_trajectory_expansions, jnp.int32),
-            }
+    def step(key, state, logdensity_fn, step_size, inverse_mass_matrix):
+        state, info = kernel(key, state, logdensity_fn, step_size, inverse_mass_matrix, **extra)
+        # HMC: a fixed number of leapfrog steps and no tree
+        depth = getattr(info, "num_trajectory_expansions", 0)
+        steps = getattr(info, "num_integration_steps", settings.num_integration_steps)
+        return state, {
+            "acceptance_rate": info.acceptance_rate,
+            "is_divergent": info.is_divergent,
+            "num_integration_steps": jnp.asarray(steps, jnp.int32),
+            "tree_depth": jnp.asarray(depth, jnp.int32),
+        }
 
-        return TransitionKernel(blackjax.nuts.init, step)
-
-    if settings.name == "hmc":
-        kernel = blackjax.hmc.build_kernel(divergence_threshold=settings.divergence_threshold)
-
-        def step(key, state, logdensity_fn, step_size, inverse_mass_matrix):
-            state, info = kernel(
-                key,
-                state,
-                logdensity_fn,
-                step_size,
-                inverse_mass_matrix,
-                settings.num_integration_steps,
-            )
-            return state, {
-                "acceptance_rate": info.acceptance_rate,
-                "is_divergent": info.is_divergent,
-                "num_integration_steps": jnp.asarray(settings.num_integration_steps, jnp.int32),
-                "tree_depth": jnp.zeros((), jnp.int32),
-            }
-
-        return TransitionKernel(blackjax.hmc.init, step)
-
-    raise ValueError(f"algorithm must be 'nuts' or 'hmc', got {settings.name!r}")
+    return TransitionKernel(module.init, step)
