@@ -144,11 +144,18 @@ def solve_lower(chol: Float[Array, "N N"], b: Float[Array, "N ..."]) -> Float[Ar
     return out if b.ndim == 2 else out[:, 0]
 
 
+def solve_lower_transpose(
+    chol: Float[Array, "N N"], b: Float[Array, "N ..."]
+) -> Float[Array, "N ..."]:
+    """L⁻ᵀ b for lower-triangular L `[N, N]` and b `[N]` or `[N, M]`."""
+    if chol.ndim != 2 or b.ndim not in (1, 2) or chol.shape[-1] > SMALL_SOLVE:
+        return jax.scipy.linalg.solve_triangular(chol, b, lower=True, trans=1)
+    # Lᵀ x = b is lower-triangular after reversing the order of rows and columns
+    return jnp.flip(solve_lower(jnp.flip(chol.T, (0, 1)), jnp.flip(b, 0)), 0)
+
+
 def cho_solve(chol: Float[Array, "N N"], b: Float[Array, "N ..."]) -> Float[Array, "N ..."]:
     """(LLᵀ)⁻¹ b for b `[N]` or `[N, M]`: a forward then a backward substitution."""
     if chol.ndim != 2 or b.ndim not in (1, 2) or chol.shape[-1] > SMALL_SOLVE:
         return jax.scipy.linalg.cho_solve((chol, True), b)
-    y = solve_lower(chol, b)
-    # Lᵀ x = y is lower-triangular after reversing the order of rows and columns
-    flipped = solve_lower(jnp.flip(chol.T, (0, 1)), jnp.flip(y, 0))
-    return jnp.flip(flipped, 0)
+    return solve_lower_transpose(chol, solve_lower(chol, b))

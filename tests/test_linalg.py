@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from probnet.linalg import SMALL_CHOLESKY, SMALL_SOLVE, cho_solve, cholesky, solve_lower
+from probnet.linalg import (
+    SMALL_CHOLESKY,
+    SMALL_SOLVE,
+    cho_solve,
+    cholesky,
+    solve_lower,
+    solve_lower_transpose,
+)
 
 
 def _spd(key, batch, n, dtype):
@@ -30,6 +37,8 @@ def test_triangular_solves_equal_scipy_in_float64(x64, n):
     expected = scipy.linalg.solve_triangular(np.asarray(chol), np.asarray(b), lower=True)
     np.testing.assert_allclose(solve_lower(chol, b), expected, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(solve_lower(chol, b[:, 0]), expected[:, 0], rtol=1e-9, atol=1e-10)
+    expected = scipy.linalg.solve_triangular(np.asarray(chol).T, np.asarray(b), lower=False)
+    np.testing.assert_allclose(solve_lower_transpose(chol, b), expected, rtol=1e-9, atol=1e-10)
     expected = scipy.linalg.cho_solve((np.asarray(chol), True), np.asarray(b))
     np.testing.assert_allclose(cho_solve(chol, b), expected, rtol=1e-8, atol=1e-10)
     # under vmap (a batch of systems) too

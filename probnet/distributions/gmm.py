@@ -19,7 +19,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from probnet._checks import as_float_array, check_finite, check_ndim, is_traced
 from probnet.distributions.normal import NormalMixture
-from probnet.linalg import cholesky, solve_lower
+from probnet.linalg import cholesky, solve_lower, solve_lower_transpose
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -279,12 +279,12 @@ class GMM(eqx.Module):
 
         def update(mu, chol):
             gl = g @ chol  # [m, d]
-            c = jnp.linalg.cholesky(eye + n * gl.T @ gl)  # eigenvalues >= 1: always factorises
+            c = cholesky(eye + n * gl.T @ gl, jitter=0.0)  # eigenvalues >= 1: factorises
             chol_post = tria(solve_lower(c, chol.T).T)  # L C⁻ᵀ
             resid = solve_lower(chol_r, total - n * (H @ mu))  # L_R⁻¹(Σy − nHμ)
             v = gl.T @ resid
             u = solve_lower(c, v)  # C⁻¹ v
-            mu_post = mu + chol @ jax.scipy.linalg.solve_triangular(c.T, u, lower=False)
+            mu_post = mu + chol @ solve_lower_transpose(c, u)
             safe_n = jnp.maximum(n, 1.0)
             quad = jnp.sum(resid**2) / safe_n - jnp.sum(u**2)  # n‖L_R⁻¹(ȳ − Hμ)‖² − ‖C⁻¹v‖²
             log_evidence = -0.5 * quad - jnp.sum(jnp.log(jnp.diagonal(c)))

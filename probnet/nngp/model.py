@@ -16,7 +16,10 @@ form Q = Σ_c y_cᵀK̃⁻¹y_c and log|K̃|; log p(y | σ²) = −(n/2)·log(2�
   self-normalised importance sampling over log σ² (`inference="importance"`, the default) or
   NUTS over log σ² (`inference="nuts"`); the predictive is a mixture of Gaussians.
 
-Multi-output targets `y [N, C]` (e.g. one-hot classes) share the kernel and σ²; class
+Multi-output targets `y [N, C]` (e.g. one-hot classes) share the kernel, and by default one σ²
+(n = N·C). With `per_output=True` each output column c has its own σ_c² drawn independently from
+the scale prior (one variance per output unit of the last layer): every summary above is then
+per column (Q_c = y_cᵀK̃⁻¹y_c, n = N) and the scale posteriors are independent. Class
 probabilities come from `ScaleMixturePosterior.class_probabilities`.
 """
 
@@ -137,10 +140,11 @@ def _importance(prior, quad, num_obs, logdet_c, key, num_samples: int, proposal:
 
 @jax.custom_vjp
 def _quad_logdet(gram, y2):
-    """(Σ_c y_cᵀK̃⁻¹y_c, log|K̃|) of a symmetric positive-definite `gram` [N, N], `y2` [N, C].
+    """(y_cᵀK̃⁻¹y_c for each column `[C]`, log|K̃|) of a symmetric positive-definite `gram`
+    [N, N], `y2` [N, C].
 
-    Its gradient is the closed form ∂Q/∂K̃ = −ααᵀ, ∂log|K̃|/∂K̃ = K̃⁻¹ (α = K̃⁻¹y), which is
-    several times cheaper than differentiating through the Cholesky factorisation."""
+    Its gradient is the closed form ∂Q_c/∂K̃ = −α_cα_cᵀ, ∂log|K̃|/∂K̃ = K̃⁻¹ (α = K̃⁻¹y), which
+    is several times cheaper than differentiating through the Cholesky factorisation."""
     (quad, logdet), _ = _quad_logdet_fwd(gram, y2)
     return quad, logdet
 
@@ -148,7 +152,7 @@ def _quad_logdet(gram, y2):
 def _quad_logdet_fwd(gram, y2):
     chol = cholesky(gram)
     alpha = cho_solve(chol, y2)
-    quad = jnp.sum(y2 * alpha)
+    quad = jnp.sum(y2 * alpha, axis=0)
     logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol)))
     return (quad, logdet), (chol, alpha)
 
@@ -157,7 +161,7 @@ def _quad_logdet_bwd(residuals, cotangents):
     chol, alpha = residuals
     g_quad, g_logdet = cotangents
     inverse = cho_solve(chol, jnp.eye(chol.shape[0], dtype=chol.dtype))
-    d_gram = g_logdet * inverse - g_quad * (alpha @ alpha.T)
+    d_gram = g_logdet * inverse - (alpha * g_quad) @ alpha.T
     return d_gram, 2 * g_quad * alpha
 
 
@@ -176,19 +180,21 @@ class ScaleMixturePosterior(eqx.Module):
     `logdet` log|K̃| summarise the data. The posterior of σ² is `scale_posterior` (an
     `InverseGamma`, closed form), or weighted draws `log_scale_draws` / `log_weights`, or σ² = 1
     (`kind="fixed"`). `log_evidence` is log p(y): exact for "fixed" and "inverse_gamma", an
-    importance-sampling estimate for "importance", NaN for "nuts".
+    importance-sampling estimate for "importance", NaN for "nuts". With `per_output`, `quad` is
+    `[C]`, the scale posterior has batch `[C]` and the draws and weights are `[C, S]`.
     """
 
     gp: GPPosterior
-    quad: Float[Array, ""]
+    quad: Float[Array, " *C"]
     num_obs: Float[Array, ""]
     logdet: Float[Array, ""]
     log_evidence: Float[Array, ""]
     scale_posterior: InverseGamma | None
-    log_scale_draws: Float[Array, " S"] | None
-    log_weights: Float[Array, " S"] | None
+    log_scale_draws: Float[Array, "*C S"] | None
+    log_weights: Float[Array, "*C S"] | None
     kind: str = eqx.field(static=True)
     vector_targets: bool = eqx.field(static=True)
+    per_output: bool = eqx.field(static=True, default=False)
 
     def mean(self, x_target: Float[Array, "M D"]) -> Float[Array, " M *C"]:
         """Predictive mean: the NNGP mean for every scale prior (σ² cancels)."""
@@ -215,26 +221,37 @@ class ScaleMixturePosterior(eqx.Module):
             return Normal(mean, jnp.sqrt(self._expand(var)))
         if self.kind == "inverse_gamma":
             post = self.scale_posterior
-            scale2 = var * post.scale / post.concentration
+            ratio = post.scale / post.concentration  # [] or [C]
+            scale2 = self._expand(var) * ratio if self.per_output else self._expand(var * ratio)
             df = 2 * post.concentration
-            return StudentT(df, mean, jnp.sqrt(self._expand(scale2)))
+            return StudentT(df, mean, jnp.sqrt(scale2))
+        if self.per_output:  # draws [C, S]
+            scale = jnp.sqrt(var[:, None, None] * jnp.exp(self.log_scale_draws))  # [M, C, S]
+            return NormalMixture(self.log_weights, mean[..., None], scale)
         scale = jnp.sqrt(var[:, None] * jnp.exp(self.log_scale_draws))  # [M, S]
         if not self.vector_targets:
             scale = scale[:, None, :]
         return NormalMixture(self.log_weights, mean[..., None], scale)
 
-    def sample_scale(self, key: PRNGKeyArray, num_draws: int) -> Float[Array, " num_draws"]:
-        """Draws of σ² from its posterior (resampled for weighted draws)."""
+    def sample_scale(self, key: PRNGKeyArray, num_draws: int) -> Float[Array, " num_draws *C"]:
+        """Draws of σ² from its posterior (resampled for weighted draws): `[num_draws]`, or
+        `[num_draws, C]` with `per_output` (independent across outputs)."""
         dtype = self.quad.dtype
         if self.kind == "fixed":
-            return jnp.ones((num_draws,), dtype)
+            return jnp.ones((num_draws,) + jnp.shape(self.quad), dtype)
         if self.kind == "inverse_gamma":
             return self.scale_posterior.sample(key, (num_draws,))
-        # systematic resampling of the weighted draws
-        u = (jnp.arange(num_draws, dtype=dtype) + jax.random.uniform(key, (), dtype)) / num_draws
-        cdf = jnp.cumsum(jnp.exp(self.log_weights))
-        idx = jnp.clip(jnp.searchsorted(cdf, u), 0, self.log_weights.shape[0] - 1)
-        return jnp.exp(self.log_scale_draws[idx])
+
+        def resample(k, log_s, log_w):  # systematic resampling of the weighted draws
+            u = (jnp.arange(num_draws, dtype=dtype) + jax.random.uniform(k, (), dtype)) / num_draws
+            cdf = jnp.cumsum(jnp.exp(log_w))
+            idx = jnp.clip(jnp.searchsorted(cdf, u), 0, log_w.shape[0] - 1)
+            return jnp.exp(log_s[idx])
+
+        if self.per_output:
+            keys = jax.random.split(key, self.log_weights.shape[0])
+            return jax.vmap(resample)(keys, self.log_scale_draws, self.log_weights).T
+        return resample(key, self.log_scale_draws, self.log_weights)
 
     def class_probabilities(
         self,
@@ -247,10 +264,11 @@ class ScaleMixturePosterior(eqx.Module):
         """P(argmax_c f_c(x*) = c) under the predictive of the C outputs (one-hot regression).
 
         The class probability is the probability that class c has the largest sampled output.
-        Given σ², the C outputs at x* are independent Normals with means μ_c and one shared
-        variance s² = σ²·v(x*), so P(c | σ²) = E_z[Π_{c′≠c} Φ((μ_c − μ_c′)/s + z)], z ~ N(0, 1),
-        is computed by Gauss-Hermite quadrature (`num_nodes`, shifted towards the integrand's
-        mass so that small probabilities stay accurate); σ² is integrated by Monte Carlo over
+        Given σ², the C outputs at x* are independent Normals with means μ_c and standard
+        deviations s_c = √(σ_c²·v(x*)) (σ_c² = σ² unless `per_output`), so
+        P(c | σ²) = E_z[Π_{c′≠c} Φ((μ_c − μ_c′ + s_c·z)/s_c′)], z ~ N(0, 1), is computed by
+        Gauss-Hermite quadrature (`num_nodes`, shifted towards the integrand's mass so that
+        small probabilities stay accurate); σ² is integrated by Monte Carlo over
         `num_scale_draws` posterior draws. `include_noise` samples noisy outputs y* instead of
         the network outputs f*.
         """
@@ -267,10 +285,13 @@ class ScaleMixturePosterior(eqx.Module):
         others = ~jnp.eye(num_classes, dtype=bool)
 
         def given_scale(carry, s2):
-            d = diff / jnp.sqrt(s2 * var)[:, None, None]
-            shift = 0.5 * jnp.maximum(jnp.max(jnp.where(others, -d, -jnp.inf), axis=-1), 0.0)
+            std = jnp.sqrt(var[:, None] * jnp.broadcast_to(s2, (num_classes,)))  # [M, C]
+            d = diff / std[:, None, :]  # (μ_c − μ_c′)/s_c′
+            ratio = std[:, :, None] / std[:, None, :]  # s_c/s_c′
+            lowest = jnp.max(jnp.where(others, -d / ratio, -jnp.inf), axis=-1)
+            shift = 0.5 * jnp.maximum(lowest, 0.0)
             z = nodes + shift[..., None]  # [M, c, G]
-            terms = log_ndtr(d[..., None] + z[:, :, None, :])  # [M, c, c', G]
+            terms = log_ndtr(d[..., None] + ratio[..., None] * z[:, :, None, :])  # [M, c, c', G]
             log_prod = jnp.sum(jnp.where(others[None, :, :, None], terms, 0.0), axis=2)
             log_ratio = -shift[..., None] * nodes - 0.5 * shift[..., None] ** 2
             log_p = jax.nn.logsumexp(log_w + log_ratio + log_prod, axis=-1)  # [M, c]
@@ -304,6 +325,8 @@ class ScaleMixtureNNGP(eqx.Module):
       (after `num_warmup` adaptation steps per chain).
     - `proposal`: importance proposal, "laplace" (Normals around the Laplace approximation of
       the log-σ² posterior; default) or "prior" (σ² from the prior, weights ∝ N(y; 0, σ²K̃)).
+    - `per_output`: one σ_c² per output column of `y [N, C]`, independent draws from
+      `scale_prior` (default False: one σ² shared by all outputs). Not with NUTS.
     """
 
     kernel: AbstractKernel
@@ -314,6 +337,7 @@ class ScaleMixtureNNGP(eqx.Module):
     num_warmup: int = eqx.field(static=True, default=500)
     num_chains: int = eqx.field(static=True, default=4)
     proposal: str = eqx.field(static=True, default="laplace")
+    per_output: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         if not isinstance(self.kernel, AbstractKernel):
@@ -343,6 +367,8 @@ class ScaleMixtureNNGP(eqx.Module):
         check_count("num_chains", self.num_chains)
         if self.proposal not in ("laplace", "prior"):
             raise ValueError(f"proposal must be 'laplace' or 'prior', got {self.proposal!r}")
+        if self.per_output and self.method == "nuts":
+            raise ValueError("per_output=True is not supported with inference='nuts'")
 
     @property
     def method(self) -> str:
@@ -371,10 +397,16 @@ class ScaleMixtureNNGP(eqx.Module):
         y2 = jnp.where(mask[:, None], y2, 0.0)
         alpha = cho_solve(chol, y2)
         gp = GPPosterior(self.kernel, self.noise, x, chol, alpha, mask)
-        quad = jnp.sum(y2 * alpha)
-        num_obs = jnp.sum(mask).astype(quad.dtype) * y2.shape[1]
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol)))
-        return gp, quad, num_obs, logdet
+        return (gp, *self._summaries(y2, alpha, mask, logdet))
+
+    def _summaries(self, y2, alpha, mask, logdet):
+        """(Q, n, log|K̃| per σ² group) for one shared σ² (Q = Σ_c y_cᵀK̃⁻¹y_c, n = N·C) or,
+        with `per_output`, per column (Q_c [C], n = N)."""
+        num_points = jnp.sum(mask).astype(logdet.dtype)
+        if self.per_output:
+            return jnp.sum(y2 * alpha, axis=0), num_points, logdet
+        return jnp.sum(y2 * alpha), num_points * y2.shape[1], y2.shape[1] * logdet
 
     def _closed_form_evidence(self, quad, num_obs, logdet_c):
         a, b = self.scale_prior.concentration, self.scale_prior.scale
@@ -383,7 +415,17 @@ class ScaleMixtureNNGP(eqx.Module):
             gammaln(a_n) - gammaln(a) + a * jnp.log(b) - a_n * jnp.log(b_n)
             - 0.5 * num_obs * _LOG_2PI - 0.5 * logdet_c
         )  # fmt: skip
-        return log_ev, a_n, b_n
+        return jnp.sum(log_ev), a_n, b_n
+
+    def _importance(self, quad, num_obs, logdet_c, key):
+        """Importance sampling over log σ², independently per output with `per_output`."""
+        run = lambda q, k: _importance(
+            self.scale_prior, q, num_obs, logdet_c, k, self.num_samples, self.proposal
+        )
+        if jnp.ndim(quad) == 0:
+            return run(quad, key)
+        log_s, log_w, log_ev = jax.vmap(run)(quad, jax.random.split(key, quad.shape[0]))
+        return log_s, log_w, jnp.sum(log_ev)
 
     def _log_evidence(self, x, y, mask, key, method):
         """log p(y) only (the fitting objective): same value as `_posterior(...).log_evidence`,
@@ -394,27 +436,32 @@ class ScaleMixtureNNGP(eqx.Module):
         gram = jnp.where(mask[:, None] & mask[None, :], gram, jnp.eye(n, dtype=gram.dtype))
         y2 = jnp.where(mask[:, None], y2, 0.0)
         quad, logdet = _quad_logdet(gram, y2)
-        num_obs = jnp.sum(mask).astype(quad.dtype) * y2.shape[1]
-        logdet_c = y2.shape[1] * logdet
+        if self.per_output:
+            num_obs = jnp.sum(mask).astype(quad.dtype)
+            logdet_c = logdet
+        else:
+            quad = jnp.sum(quad)
+            num_obs = jnp.sum(mask).astype(quad.dtype) * y2.shape[1]
+            logdet_c = y2.shape[1] * logdet
         if method == "fixed":
-            return _gaussian_loglik(jnp.zeros_like(quad), quad, num_obs, logdet_c)
+            return jnp.sum(_gaussian_loglik(jnp.zeros_like(quad), quad, num_obs, logdet_c))
         if method == "closed_form":
             return self._closed_form_evidence(quad, num_obs, logdet_c)[0]
-        return _importance(
-            self.scale_prior, quad, num_obs, logdet_c, key, self.num_samples, self.proposal
-        )[2]
+        return self._importance(quad, num_obs, logdet_c, key)[2]
 
     def _posterior(self, x, y, mask, key, method):
         vector = y.ndim == 1
         y2 = y[:, None] if vector else y
-        gp, quad, num_obs, logdet = self._condition_gp(x, y2, mask)
-        logdet_c = y2.shape[1] * logdet
-        common = dict(gp=gp, quad=quad, num_obs=num_obs, logdet=logdet, vector_targets=vector)
+        gp, quad, num_obs, logdet_c = self._condition_gp(x, y2, mask)
+        logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(gp.chol)))
+        common = dict(
+            gp=gp, quad=quad, num_obs=num_obs, logdet=logdet, vector_targets=vector,
+            per_output=self.per_output,
+        )  # fmt: skip
         none = dict(scale_posterior=None, log_scale_draws=None, log_weights=None)
         if method == "fixed":
-            log_ev = _gaussian_loglik(jnp.zeros_like(quad), quad, num_obs, logdet_c)
+            log_ev = jnp.sum(_gaussian_loglik(jnp.zeros_like(quad), quad, num_obs, logdet_c))
             return ScaleMixturePosterior(**common, **none, log_evidence=log_ev, kind="fixed")
-        prior = self.scale_prior
         if method == "closed_form":
             log_ev, a_n, b_n = self._closed_form_evidence(quad, num_obs, logdet_c)
             return ScaleMixturePosterior(
@@ -425,9 +472,7 @@ class ScaleMixtureNNGP(eqx.Module):
                 log_weights=None,
                 kind="inverse_gamma",
             )
-        log_s, log_w, log_ev = _importance(
-            prior, quad, num_obs, logdet_c, key, self.num_samples, self.proposal
-        )
+        log_s, log_w, log_ev = self._importance(quad, num_obs, logdet_c, key)
         return ScaleMixturePosterior(
             **common,
             log_evidence=log_ev,

@@ -23,7 +23,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from probnet._checks import as_float_array, check_count, check_ndim, check_positive, is_traced
 from probnet.distributions.gmm import GMM
-from probnet.linalg import cholesky
+from probnet.linalg import cholesky, solve_lower
 from probnet.priors.base import AbstractPrior
 
 __all__ = [
@@ -233,7 +233,7 @@ class LinearGaussianObservations(AbstractObservationModel):
     def log_likelihood(self, theta, y, mask=None):
         mask = self._mask(y, mask)
         chol = cholesky(self.R)
-        z = jax.scipy.linalg.solve_triangular(chol, (y - theta @ self.H.T).T, lower=True)
+        z = solve_lower(chol, (y - theta @ self.H.T).T)
         per = -0.5 * jnp.sum(z**2, 0) - jnp.sum(jnp.log(jnp.diagonal(chol)))
         per = per - 0.5 * self.obs_dim * _LOG_2PI
         return jnp.sum(jnp.where(mask, per, 0.0))
