@@ -12,11 +12,26 @@ from probnet import gp
 from probnet._checks import as_float_array, check_count, check_positive, is_traced
 from probnet.distributions import AbstractDistribution, Discrete, Normal, NormalMixture, Uniform
 from probnet.kernels import AbstractKernel
-from probnet.linalg import cholesky
+from probnet.linalg import _add_jitter, _small_cholesky, cholesky, default_jitter
 from probnet.priors._draw import check_inputs, draw_inputs
 from probnet.priors.base import AbstractPrior, Task
 
 _HYPER = {"lengthscale": "lengthscale_prior", "variance": "variance_prior"}
+# Up to this many points per task, CPU sampling factors all tasks' covariances with probnet's
+# vectorised loop instead of one batched LAPACK call: the batched call split its batch over XLA's
+# thread pool and deadlocked a 2-core machine inside a compiled training step (both pool threads
+# in spotrf, each waiting for the other's share), and the loop is no slower at these sizes.
+_LOOP_CHOLESKY = 128
+
+
+def _factor_tasks(cov: Float[Array, "T N N"]) -> Float[Array, "T N N"]:
+    """Cholesky factors of the tasks' covariances, as `probnet.linalg.cholesky` (the same
+    starting jitter; on failure `cholesky` itself, with its raised jitter and its error)."""
+    n = cov.shape[-1]
+    if jax.default_backend() != "cpu" or n == 0 or n > _LOOP_CHOLESKY:
+        return cholesky(cov)  # one batched factorisation; jitter raised only if one fails
+    fast = _small_cholesky(_add_jitter(cov, jnp.asarray(default_jitter(cov.dtype), cov.dtype)))
+    return jax.lax.cond(jnp.all(jnp.isfinite(fast)), lambda: fast, lambda: cholesky(cov))
 
 
 class GPPrior(AbstractPrior):
@@ -86,8 +101,7 @@ class GPPrior(AbstractPrior):
             return x, cov, jax.random.normal(k_y, (num_points,), x.dtype)
 
         x, cov, eps = jax.vmap(parts)(keys)
-        # one batched factorisation for all tasks; jitter is raised only if one fails
-        y = jnp.einsum("tij,tj->ti", cholesky(cov), eps)
+        y = jnp.einsum("tij,tj->ti", _factor_tasks(cov), eps)
         return Task(x, y)
 
     @property
