@@ -19,6 +19,9 @@ from probnet.priors import AbstractPrior, BNNPrior
 __all__ = ["bayesian_mlp_of", "nll_by_context"]
 
 
+_CHUNK = 64  # datasets per vmapped chunk in `nll_by_context`
+
+
 def _timed(fn, *args, repeats=1):
     """`fn(*args)` (a jitted function) and its best run time over `repeats` runs, in seconds,
     compilation excluded."""
@@ -103,22 +106,22 @@ def nll_by_context(
         return -jnp.sum(jnp.where(target, log_prob, 0.0)) / jnp.sum(target)
 
     def over_datasets_and_k(one, ks):
+        """`one(x, y, k)` for every dataset and k, `[datasets, ks]`: vmapped over k and over
+        chunks of `_CHUNK` datasets (all at once held [datasets·ks·points, bars] logits)."""
         ks = jnp.asarray(ks)
-        return jax.jit(
-            lambda x, y: jax.vmap(lambda x, y: jax.vmap(lambda k: one(x, y, k))(ks))(x, y)
-        )
+
+        def per_dataset(xy):
+            return jax.vmap(lambda k: one(*xy, k))(ks)
+
+        return jax.jit(lambda x, y: jax.lax.map(per_dataset, (x, y), batch_size=_CHUNK))
 
     def pfn_one(model, x, y, k):
         dist = model.distribution(model.logits(x, y, index < k))
         return per_point(dist.log_prob(y), k)
 
     results = {}  # name -> (nll [datasets, ks], ks, seconds per posterior)
-    pfn_all = jax.jit(
-        lambda model, x, y: jax.vmap(
-            lambda x, y: jax.vmap(lambda k: pfn_one(model, x, y, k))(jnp.asarray(ks))
-        )(x, y)
-    )
-    nll, seconds = _timed(pfn_all, model, tasks.x, tasks.y)
+    pfn_all = over_datasets_and_k(lambda x, y, k: pfn_one(model, x, y, k), ks)
+    nll, seconds = _timed(pfn_all, tasks.x, tasks.y)
     pfn_nll = np.asarray(nll)
     results["pfn"] = (pfn_nll, ks, seconds / pfn_nll.size)
     single = jax.jit(pfn_one)
