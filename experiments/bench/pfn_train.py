@@ -42,10 +42,11 @@ import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _serve import LineServer  # experiments/bench: this script's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_VENV = REPO / ".bench-venv"
@@ -157,48 +158,30 @@ def pfns_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-class PfnsServer:
-    """The pfns side in a long-lived subprocess: one timed measurement per request."""
-
-    def __init__(self, python: str, args: argparse.Namespace, borders: list[float]):
-        cmd = [
-            python, __file__, "--pfns-serve",
-            "--device", args.device,
-            "--pfns-arch", args.pfns_arch,
+def _pfns_server(python: str, args: argparse.Namespace, borders: list[float]) -> LineServer:
+    """The pfns side in a long-lived subprocess: `MODE THREADS` -> steps per second."""
+    return LineServer(
+        [
+            python,
+            __file__,
+            "--pfns-serve",
+            "--device",
+            args.device,
+            "--pfns-arch",
+            args.pfns_arch,
             "--borders=" + ",".join(repr(b) for b in borders),
-            "--min-time", str(args.min_time),
-            "--min-steps", str(args.min_steps),
-            "--lr", str(args.lr),
-            "--weight-decay", str(args.weight_decay),
-            "--seed", str(args.seed),
+            "--min-time",
+            str(args.min_time),
+            "--min-steps",
+            str(args.min_steps),
+            "--lr",
+            str(args.lr),
+            "--weight-decay",
+            str(args.weight_decay),
+            "--seed",
+            str(args.seed),
         ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env
-        )
-        self.info: dict = {}
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"pfns helper exited with code {self.proc.wait()} (see stderr)")
-        return json.loads(line)
-
-    def wait_ready(self) -> None:
-        self.info = self._read()
-
-    def measure(self, mode: str, threads: str) -> float:
-        self.proc.stdin.write(f"{mode} {threads}\n")
-        self.proc.stdin.flush()
-        return self._read()["steps_per_s"]
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
+    )
 
 
 # ---------------------------------------------------------------------------- probnet side
@@ -367,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
 
     prior, model = probnet_model(args)
-    pfns = PfnsServer(python, args, [float(b) for b in model.borders])  # starts in parallel
+    pfns = _pfns_server(python, args, [float(b) for b in model.borders])  # starts in parallel
     try:
         sides, info = probnet_sides(args, prior, model)  # compiles
         pfns.wait_ready()
@@ -383,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for t in threads:
                     jobs.append(
-                        lambda mode=mode, t=t: rates[(mode, t)].append(pfns.measure(mode, t))
+                        lambda mode=mode, t=t: rates[(mode, t)].append(
+                            pfns.request(f"{mode} {t}")["steps_per_s"]
+                        )
                     )
             for job in jobs if r % 2 == 0 else reversed(jobs):
                 job()

@@ -33,10 +33,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _serve import LineServer  # experiments/bench: this script's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[2]
 PFNS_HELPER = Path(__file__).resolve().with_name("_pfns_gp.py")
@@ -57,55 +58,33 @@ def _bench_python(venv: Path) -> Path:
     return python
 
 
-class PfnsServer:
-    """The pfns sampler in a long-lived subprocess: one timed measurement per request."""
-
-    def __init__(self, python: Path, args: argparse.Namespace):
-        cmd = [
+def _pfns_server(python: Path, args: argparse.Namespace) -> LineServer:
+    """The pfns sampler in a long-lived subprocess: `measure THREADS` -> datasets per second."""
+    return LineServer(
+        [
             str(python),
             str(PFNS_HELPER),
             "--serve",
-            "--num-tasks", str(args.num_tasks),
-            "--num-points", str(args.num_points),
-            "--num-features", "1",
-            "--noise", str(NOISE_VARIANCE),
-            "--outputscale", str(VARIANCE),
-            "--lengthscale", str(LENGTHSCALE),
-            "--warmup", str(args.warmup),
-            "--min-time", str(args.min_time),
-            "--seed", str(args.seed),
+            "--num-tasks",
+            str(args.num_tasks),
+            "--num-points",
+            str(args.num_points),
+            "--num-features",
+            "1",
+            "--noise",
+            str(NOISE_VARIANCE),
+            "--outputscale",
+            str(VARIANCE),
+            "--lengthscale",
+            str(LENGTHSCALE),
+            "--warmup",
+            str(args.warmup),
+            "--min-time",
+            str(args.min_time),
+            "--seed",
+            str(args.seed),
         ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env
-        )
-        self.info: dict = {}
-
-    def wait_ready(self) -> None:
-        """Wait for the helper's imports and warm-up (they overlap probnet's compilation)."""
-        self.info = self._read()
-        if not self.info.get("ready"):
-            raise RuntimeError(f"pfns helper did not start: {self.info}")
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            code = self.proc.wait()
-            raise RuntimeError(f"pfns helper exited with code {code} (see its stderr above)")
-        return json.loads(line)
-
-    def measure(self, threads: str = "default") -> float:
-        self.proc.stdin.write(f"measure {threads}\n")
-        self.proc.stdin.flush()
-        return self._read()["datasets_per_s"]
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
+    )
 
 
 def _make_probnet_sampler(num_points: int):
@@ -166,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     python = _bench_python(args.bench_venv)
     load_before = os.getloadavg()[0]
 
-    pfns = PfnsServer(python, args)  # starts importing torch/pfns in the background
+    pfns = _pfns_server(python, args)  # starts importing torch/pfns in the background
     try:
         import jax
 
@@ -187,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: probnet_rates.append(
                     _measure_probnet(sample, args.num_tasks, args.min_time)
                 ),
-                *[lambda t=t: pfns_rates[t].append(pfns.measure(t)) for t in pfns_threads],
+                *[
+                    lambda t=t: pfns_rates[t].append(pfns.request(f"measure {t}")["datasets_per_s"])
+                    for t in pfns_threads
+                ],
                 lambda: large_rates.append(
                     _measure_probnet(sample, args.large_num_tasks, args.min_time)
                 ),
