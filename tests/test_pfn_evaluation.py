@@ -86,6 +86,12 @@ def test_nll_by_context_reports_every_method_and_writes_its_plot(tmp_path):
     assert out["type2_ml/num_datasets"] == 3 and out["exact/num_datasets"] == 6
     # the PFN scored on the type-II subset is reported beside it
     assert "type2_ml/pfn_nll_k4" in out
+    # the paired difference to each baseline is the difference of the means on its datasets
+    for k in (1, 4):
+        assert out[f"type2_ml/pfn_minus_type2_ml_k{k}"] == pytest.approx(
+            out[f"type2_ml/pfn_nll_k{k}"] - out[f"type2_ml/nll_k{k}"], abs=1e-5
+        )
+        assert out[f"exact/pfn_minus_exact_sem_k{k}"] > 0
     gap = [out[f"pfn/nll_k{k}"] - out[f"exact/nll_k{k}"] for k in (1, 4)]
     assert out["gap_to_exact/mean"] == pytest.approx(np.mean(gap), rel=1e-5)
     saved = json.loads((tmp_path / "nll_by_context.json").read_text())

@@ -91,7 +91,9 @@ def nll_by_context(
     `nuts_datasets` datasets and each k in `nuts_context_sizes`. For each method: `NAME/nll_kK`,
     `NAME/mean_nll`, `NAME/seconds_per_posterior` (one dataset at one k; the batched methods
     are timed over the whole batch), and for the subsets the PFN on the same problems
-    (`NAME/pfn_nll_kK`). `pfn/seconds_per_posterior_single` times one unbatched call. With
+    (`NAME/pfn_nll_kK`); for every baseline the paired difference PFN − NAME on its datasets and
+    its standard error (`NAME/pfn_minus_NAME_kK`, `..._sem_kK`). `pfn/seconds_per_posterior_single`
+    times one unbatched call. With
     `plot_dir`, writes `nll_by_context.json` and a plot `nll_by_context.png` there.
     """
     max_context = num_points - 1 if max_context is None else max_context
@@ -176,15 +178,18 @@ def nll_by_context(
         flat.update(
             {f"{name}/nll_k{int(k)}": float(v) for k, v in zip(method_ks, mean, strict=True)}
         )
-        if name != "pfn" and (curve.shape[0] < num_datasets or len(method_ks) != len(ks)):
-            columns = [int(np.flatnonzero(ks == k)[0]) for k in method_ks]
-            pfn_subset = pfn_nll[: curve.shape[0], columns].mean(0)
-            flat.update(
-                {
-                    f"{name}/pfn_nll_k{int(k)}": float(v)
-                    for k, v in zip(method_ks, pfn_subset, strict=True)
-                }
-            )
+        if name == "pfn":
+            continue
+        columns = [int(np.flatnonzero(ks == k)[0]) for k in method_ks]
+        pfn_same = pfn_nll[: curve.shape[0], columns]
+        diff = pfn_same - curve  # paired: the same datasets and k
+        n = diff.shape[0]
+        sem = diff.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.full(len(method_ks), np.nan)
+        for k, pfn_mean, d, s in zip(method_ks, pfn_same.mean(0), diff.mean(0), sem, strict=True):
+            if curve.shape[0] < num_datasets or len(method_ks) != len(ks):
+                flat[f"{name}/pfn_nll_k{int(k)}"] = float(pfn_mean)
+            flat[f"{name}/pfn_minus_{name}_k{int(k)}"] = float(d)
+            flat[f"{name}/pfn_minus_{name}_sem_k{int(k)}"] = float(s)
     flat["pfn/seconds_per_posterior_single"] = float(single_seconds)
     if "exact" in results:
         gap = pfn_nll.mean(0) - results["exact"][0].mean(0)
