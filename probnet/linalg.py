@@ -33,8 +33,8 @@ def _small_cholesky(a):
     return jax.lax.fori_loop(0, n, column, jnp.zeros_like(a))
 
 
-def _factor(a):
-    if a.shape[-1] <= SMALL_CHOLESKY:
+def _factor(a, loop_up_to):
+    if a.shape[-1] <= loop_up_to:
         return _small_cholesky(a)
     return jnp.linalg.cholesky(a)
 
@@ -60,20 +60,24 @@ def default_jitter(dtype) -> float:
 
 
 def cholesky(
-    matrix: Float[Array, "*batch N N"], jitter: float | None = None, max_tries: int = 6
+    matrix: Float[Array, "*batch N N"],
+    jitter: float | None = None,
+    max_tries: int = 6,
+    loop_up_to: int = SMALL_CHOLESKY,
 ) -> Float[Array, "*batch N N"]:
     """Lower Cholesky factors of symmetric positive (semi-)definite matrices `[*batch, N, N]`.
 
-    Adds `jitter · mean(diag)` to each diagonal. Only when some factorisation fails (checked
-    once for the whole batch, so the common case costs one batched factorisation) is the jitter
-    of the failed matrices raised tenfold (from 1e-8 relative if it was zero), up to `max_tries`
-    times; an error is raised if it still fails. Works under jit, vmap and grad (the jitter is
-    held constant). Factor whole batches in one call: under `vmap` both paths are computed.
+    Adds `jitter · mean(diag)` to each diagonal. Only when some factorisation fails (the common
+    case costs one batched factorisation, also under `vmap`) is the jitter of the failed matrices
+    raised tenfold (from 1e-8 relative if it was zero), up to `max_tries` times; an error is
+    raised if it still fails. Matrices up to `loop_up_to` rows are factored by probnet's
+    vectorised loop, larger ones by LAPACK. Works under jit, vmap and grad (the jitter is held
+    constant).
     """
     if matrix.shape[-1] == 0:
         return matrix
     start = default_jitter(matrix.dtype) if jitter is None else float(jitter)
-    chol = _jittered_cholesky(matrix, start, max_tries)
+    chol = _jittered_cholesky(matrix, start, max_tries, loop_up_to)
     return eqx.error_if(
         chol,
         ~jnp.all(jnp.isfinite(chol)),
@@ -89,45 +93,33 @@ def _add_jitter(matrix, rel):
     return matrix + (rel * scale)[..., None, None] * eye
 
 
-def _retry(matrix, start, max_tries):
-    """Factor one matrix, raising the jitter until it succeeds or `max_tries` is reached."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _jittered_cholesky(matrix, start, max_tries, loop_up_to):
+    """A `while_loop` that runs only while some factor is NaN and re-factors the batch with the
+    failed matrices' jitter raised (a `cond` here became a select under `vmap` and always ran
+    the retries)."""
 
     def failed(chol):
-        return ~jnp.all(jnp.isfinite(chol))
+        return ~jnp.all(jnp.isfinite(chol), axis=(-2, -1))
 
-    def cond(state):
-        chol, _, tries = state
-        return failed(chol) & (tries < max_tries)
+    def retry(state):
+        chol, rel, tries = state
+        bad = failed(chol)
+        rel = jnp.where(bad, jnp.where(rel > 0, rel * 10.0, 1e-8), rel)
+        again = _factor(_add_jitter(matrix, rel), loop_up_to)
+        return jnp.where(bad[..., None, None], again, chol), rel, tries + 1
 
-    def body(state):
-        _, rel, tries = state
-        rel = jnp.where(rel > 0, rel * 10.0, 1e-8)
-        return _factor(_add_jitter(matrix, rel)), rel, tries + 1
-
-    rel0 = jnp.asarray(start, matrix.dtype)
-    first = _factor(_add_jitter(matrix, rel0))
-    return jax.lax.while_loop(cond, body, (first, rel0, jnp.array(0)))[0]
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _jittered_cholesky(matrix, start, max_tries):
-    fast = _factor(_add_jitter(matrix, jnp.asarray(start, matrix.dtype)))
-    batch = matrix.shape[:-2]
-    n = matrix.shape[-1]
-
-    def slow(_):
-        flat = matrix.reshape((-1, n, n))
-        out = jax.vmap(lambda m: _retry(m, start, max_tries))(flat)
-        return out.reshape(batch + (n, n))
-
-    return jax.lax.cond(jnp.all(jnp.isfinite(fast)), lambda _: fast, slow, None)
+    rel = jnp.full(matrix.shape[:-2], start, matrix.dtype)
+    chol = _factor(_add_jitter(matrix, rel), loop_up_to)
+    state = (chol, rel, jnp.array(0))
+    return jax.lax.while_loop(lambda s: jnp.any(failed(s[0])) & (s[2] < max_tries), retry, state)[0]
 
 
 @_jittered_cholesky.defjvp
-def _jittered_cholesky_jvp(start, max_tries, primals, tangents):
+def _jittered_cholesky_jvp(start, max_tries, loop_up_to, primals, tangents):
     # dL = L Φ(L⁻¹ dA L⁻ᵀ), Φ = lower triangle with the diagonal halved; jitter held constant.
     (matrix,), (dmatrix,) = primals, tangents
-    chol = _jittered_cholesky(matrix, start, max_tries)
+    chol = _jittered_cholesky(matrix, start, max_tries, loop_up_to)
     dmatrix = 0.5 * (dmatrix + jnp.swapaxes(dmatrix, -1, -2))
     inner = solve_lower(chol, jnp.swapaxes(solve_lower(chol, dmatrix), -1, -2))
     phi = jnp.tril(inner) - 0.5 * jnp.diagonal(inner, axis1=-2, axis2=-1)[..., None] * jnp.eye(

@@ -19,11 +19,17 @@ def _spd(key, batch, n, dtype):
     return a @ jnp.swapaxes(a, -1, -2) / n + 0.1 * jnp.eye(n, dtype=dtype)
 
 
-@pytest.mark.parametrize("n", [5, SMALL_CHOLESKY, SMALL_CHOLESKY + 3])
-def test_cholesky_equals_lapack_in_float64(x64, n):
-    """Both the vectorised path (n <= SMALL_CHOLESKY) and LAPACK equal SciPy to 1e-10."""
+@pytest.mark.parametrize(
+    "n, loop_up_to",
+    [(5, SMALL_CHOLESKY), (SMALL_CHOLESKY, SMALL_CHOLESKY), (SMALL_CHOLESKY + 3, SMALL_CHOLESKY)]
+    + [(SMALL_CHOLESKY + 3, 64)],
+)
+def test_cholesky_equals_lapack_in_float64(x64, n, loop_up_to):
+    """Both the vectorised loop (n <= loop_up_to) and LAPACK equal SciPy to 1e-10."""
     matrix = _spd(jax.random.key(n), (3, 2), n, jnp.float64)
-    chol = np.asarray(jax.jit(cholesky)(matrix))
+    chol = np.asarray(
+        jax.jit(cholesky, static_argnames="loop_up_to")(matrix, loop_up_to=loop_up_to)
+    )
     for index in np.ndindex(3, 2):
         expected = scipy.linalg.cholesky(np.asarray(matrix[index]), lower=True)
         np.testing.assert_allclose(chol[index], expected, atol=1e-10, rtol=1e-10)
@@ -56,6 +62,9 @@ def test_small_cholesky_raises_the_jitter_of_the_failing_matrix_only():
     assert np.all(np.isfinite(np.asarray(chol)))
     np.testing.assert_allclose(chol[1], cholesky(good, jitter=0.0), rtol=1e-6)
     np.testing.assert_allclose(chol[0] @ chol[0].T, singular, atol=1e-3)
+    # the same under vmap, where the retry loop runs over the batch
+    mapped = jax.jit(jax.vmap(lambda m: cholesky(m, jitter=0.0)))(jnp.stack([singular, good]))
+    np.testing.assert_allclose(mapped, chol, rtol=1e-6, atol=1e-7)
 
 
 def test_gradients_through_the_small_path_match_finite_differences(x64):

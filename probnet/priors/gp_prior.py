@@ -12,7 +12,7 @@ from probnet import gp
 from probnet._checks import as_float_array, check_count, check_positive, is_traced
 from probnet.distributions import AbstractDistribution, Discrete, Normal, NormalMixture, Uniform
 from probnet.kernels import AbstractKernel
-from probnet.linalg import _add_jitter, _small_cholesky, cholesky, default_jitter
+from probnet.linalg import SMALL_CHOLESKY, cholesky
 from probnet.priors._draw import check_inputs, draw_inputs
 from probnet.priors.base import AbstractPrior, Task
 
@@ -20,41 +20,8 @@ _HYPER = {"lengthscale": "lengthscale_prior", "variance": "variance_prior"}
 # Up to this many points per task, CPU sampling factors the tasks' covariances with probnet's
 # vectorised Cholesky loop, never LAPACK: jaxlib 0.10's batched LAPACK Cholesky splits its batch
 # over XLA's thread pool and deadlocked a 2-core machine inside the compiled training step (both
-# pool threads in spotrf, each waiting for the other's share). Under the training engine's `vmap`
-# over tasks, `linalg.cholesky`'s conditional retry path also became a select that always ran
-# several LAPACK factorisations; the retry loop here runs only when a factorisation fails.
-_LOOP_CHOLESKY = 128
-
-
-def _factor_tasks(cov: Float[Array, "*T N N"], max_tries: int = 6) -> Float[Array, "*T N N"]:
-    """Cholesky factors of the tasks' covariances with `probnet.linalg.cholesky`'s jitter rule:
-    `default_jitter` relative diagonal jitter first, raised tenfold (from 1e-8 if zero) for the
-    failed matrices only, up to `max_tries` times, then an error."""
-    n = cov.shape[-1]
-    if jax.default_backend() != "cpu" or n == 0 or n > _LOOP_CHOLESKY:
-        return cholesky(cov, max_tries=max_tries)
-
-    def failed(chol):
-        return ~jnp.all(jnp.isfinite(chol), axis=(-2, -1))
-
-    def retry(state):
-        chol, rel, tries = state
-        bad = failed(chol)
-        rel = jnp.where(bad, jnp.where(rel > 0, rel * 10.0, 1e-8), rel)
-        chol = jnp.where(bad[..., None, None], _small_cholesky(_add_jitter(cov, rel)), chol)
-        return chol, rel, tries + 1
-
-    rel = jnp.full(cov.shape[:-2], default_jitter(cov.dtype), cov.dtype)
-    chol = _small_cholesky(_add_jitter(cov, rel))
-    chol, _, _ = jax.lax.while_loop(
-        lambda s: jnp.any(failed(s[0])) & (s[2] < max_tries), retry, (chol, rel, jnp.array(0))
-    )
-    return eqx.error_if(
-        chol,
-        jnp.any(failed(chol)),
-        "Cholesky factorisation failed even after raising the jitter; the matrix is not "
-        "positive definite (check the kernel hyperparameters and noise_variance)",
-    )
+# pool threads in spotrf, each waiting for the other's share).
+_CPU_LOOP_CHOLESKY = 128
 
 
 class GPPrior(AbstractPrior):
@@ -124,7 +91,9 @@ class GPPrior(AbstractPrior):
             return x, cov, jax.random.normal(k_y, (num_points,), x.dtype)
 
         x, cov, eps = jax.vmap(parts)(keys)
-        y = jnp.einsum("tij,tj->ti", _factor_tasks(cov), eps)
+        cpu = jax.default_backend() == "cpu"
+        chol = cholesky(cov, loop_up_to=_CPU_LOOP_CHOLESKY if cpu else SMALL_CHOLESKY)
+        y = jnp.einsum("tij,tj->ti", chol, eps)
         return Task(x, y)
 
     @property
