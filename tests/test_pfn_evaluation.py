@@ -97,6 +97,10 @@ def test_nll_by_context_reports_every_method_and_writes_its_plot(tmp_path):
     saved = json.loads((tmp_path / "nll_by_context.json").read_text())
     assert saved["pfn/nll_k4"] == pytest.approx(out["pfn/nll_k4"])
     assert (tmp_path / "nll_by_context.png").stat().st_size > 0
+    per_dataset = np.load(tmp_path / "nll_by_context.npz")
+    assert per_dataset["type2_ml"].shape == (3, 2) and per_dataset["pfn"].shape == (6, 2)
+    np.testing.assert_allclose(per_dataset["pfn"][:, 1].mean(), out["pfn/nll_k4"], rtol=1e-5)
+    assert per_dataset["exact_ks"].tolist() == [1, 4]
 
 
 def test_nll_by_context_rejects_bad_context_sizes():

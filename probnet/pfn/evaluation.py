@@ -94,7 +94,8 @@ def nll_by_context(
     (`NAME/pfn_nll_kK`); for every baseline the paired difference PFN − NAME on its datasets and
     its standard error (`NAME/pfn_minus_NAME_kK`, `..._sem_kK`). `pfn/seconds_per_posterior_single`
     times one unbatched call. With
-    `plot_dir`, writes `nll_by_context.json` and a plot `nll_by_context.png` there.
+    `plot_dir`, writes `nll_by_context.json`, the per-dataset NLLs `nll_by_context.npz` (`NAME`:
+    `[datasets, ks]`, `NAME_ks`) and a plot `nll_by_context.png` there.
     """
     max_context = num_points - 1 if max_context is None else max_context
     ks = np.arange(1, max_context + 1) if context_sizes is None else np.asarray(context_sizes)
@@ -252,6 +253,9 @@ def _write(plot_dir, results, flat):
     os.makedirs(plot_dir, exist_ok=True)
     with open(os.path.join(plot_dir, "nll_by_context.json"), "w") as f:
         json.dump(flat, f, indent=1)
+    arrays = {name: curve for name, (curve, _, _) in results.items()}
+    arrays.update({f"{name}_ks": np.asarray(ks) for name, (_, ks, _) in results.items()})
+    np.savez(os.path.join(plot_dir, "nll_by_context.npz"), **arrays)
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = {"pfn": "PFN", "exact": "exact Bayes", "type2_ml": "type-II ML GP", "nuts": "NUTS"}
     for name, (curve, ks, _) in results.items():
