@@ -22,7 +22,7 @@ def _spd(key, batch, n, dtype):
 @pytest.mark.parametrize(
     "n, loop_up_to",
     [(5, SMALL_CHOLESKY), (SMALL_CHOLESKY, SMALL_CHOLESKY), (SMALL_CHOLESKY + 3, SMALL_CHOLESKY)]
-    + [(SMALL_CHOLESKY + 3, 64)],
+    + [(SMALL_CHOLESKY + 3, 2 * SMALL_CHOLESKY)],  # the loop above the default size
 )
 def test_cholesky_equals_lapack_in_float64(x64, n, loop_up_to):
     """Both the vectorised loop (n <= loop_up_to) and LAPACK equal SciPy to 1e-10."""

@@ -92,10 +92,10 @@ def nll_by_context(
     `NAME/mean_nll`, `NAME/seconds_per_posterior` (one dataset at one k; the batched methods
     are timed over the whole batch), and for the subsets the PFN on the same problems
     (`NAME/pfn_nll_kK`); for every baseline the paired difference PFN − NAME on its datasets and
-    its standard error (`NAME/pfn_minus_NAME_kK`, `..._sem_kK`). `pfn/seconds_per_posterior_single`
-    times one unbatched call. With
-    `plot_dir`, writes `nll_by_context.json`, the per-dataset NLLs `nll_by_context.npz` (`NAME`:
-    `[datasets, ks]`, `NAME_ks`) and a plot `nll_by_context.png` there.
+    its standard error (`NAME/pfn_minus_NAME_kK`, `..._sem_kK`).
+    `pfn/seconds_per_posterior_single` times one unbatched call. With `plot_dir`, writes
+    `nll_by_context.json`, the per-dataset NLLs `nll_by_context.npz` (`NAME`: `[datasets, ks]`,
+    `NAME_ks`) and a plot `nll_by_context.png` there.
     """
     max_context = num_points - 1 if max_context is None else max_context
     ks = np.arange(1, max_context + 1) if context_sizes is None else np.asarray(context_sizes)
@@ -186,8 +186,9 @@ def nll_by_context(
         diff = pfn_same - curve  # paired: the same datasets and k
         n = diff.shape[0]
         sem = diff.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.full(len(method_ks), np.nan)
+        subset = n < num_datasets or len(method_ks) != len(ks)
         for k, pfn_mean, d, s in zip(method_ks, pfn_same.mean(0), diff.mean(0), sem, strict=True):
-            if curve.shape[0] < num_datasets or len(method_ks) != len(ks):
+            if subset:
                 flat[f"{name}/pfn_nll_k{int(k)}"] = float(pfn_mean)
             flat[f"{name}/pfn_minus_{name}_k{int(k)}"] = float(d)
             flat[f"{name}/pfn_minus_{name}_sem_k{int(k)}"] = float(s)

@@ -160,8 +160,7 @@ class TransformerLayers(eqx.Module):
             h = _grad_barrier(h)
             z = _layer_norm(h, n2[0], n2[1])
             h = h + _linear(jax.nn.gelu(_linear(z, ff1_w, ff1_b)), ff2_w, ff2_b)
-            h = _grad_barrier(h)
-            return h, None
+            return _grad_barrier(h)
 
         params = (
             self.qkv_w,
@@ -177,7 +176,7 @@ class TransformerLayers(eqx.Module):
         )
         h = h.reshape(batch * tokens, emb)
         for i in range(self.qkv_w.shape[0]):
-            h, _ = layer(h, tuple(a[i] for a in params))
+            h = layer(h, tuple(a[i] for a in params))
         return h.reshape(batch, tokens, emb)
 
 
