@@ -53,6 +53,41 @@ def test_invariant_to_context_order_and_to_other_queries(small_pfn):
     assert not np.allclose(model(xc[:3], yc[:3], xt).logits, base, atol=1e-3)
 
 
+def test_forward_and_reverse_derivatives_agree_with_finite_differences(small_pfn, x64):
+    """jvp / jacfwd / hessian work through the PFN (its custom rules are JVPs) and equal the
+    reverse-mode derivatives and central differences, in float64."""
+    model = jax.tree.map(
+        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, small_pfn
+    )
+    model = eqx.tree_at(
+        lambda m: m.decoder[2], model, jax.random.normal(jax.random.key(3), (64, 20))
+    )
+    task = PRIOR.sample(jax.random.key(5), 1, 10)
+    args = (task.x[0, :6], task.y[0, :6], task.x[0, 6:])
+    mean = jax.jit(lambda xc, yc, xt: model(xc, yc, xt).mean)
+    fwd = jax.jit(jax.jacfwd(mean, argnums=(0, 1, 2)))(*args)
+    rev = jax.jit(jax.jacrev(mean, argnums=(0, 1, 2)))(*args)
+    for f, r in zip(fwd, rev, strict=True):
+        assert np.abs(f).max() > 1e-3
+        np.testing.assert_allclose(f, r, atol=1e-12)
+    keys = jax.random.split(jax.random.key(6), 3)
+    directions = [
+        jax.random.normal(k, a.shape, jnp.float64) for k, a in zip(keys, args, strict=True)
+    ]
+
+    def along(t):
+        return mean(*(a + t * d for a, d in zip(args, directions, strict=True)))
+
+    _, tangent = jax.jit(lambda t: jax.jvp(along, (t,), (1.0,)))(0.0)
+    central = (along(1e-6) - along(-1e-6)) / 2e-6
+    np.testing.assert_allclose(tangent, central, rtol=1e-6, atol=1e-8)
+    # second order (forward over reverse): the Hessian of a log density is symmetric
+    hess = jax.jit(jax.hessian(lambda xt: jnp.sum(model(*args[:2], xt).log_prob(jnp.zeros(4)))))(
+        args[2]
+    )
+    np.testing.assert_allclose(hess, jnp.swapaxes(jnp.swapaxes(hess, 0, 2), 1, 3), atol=1e-10)
+
+
 def test_zero_context_gives_a_proper_prior_predictive(small_pfn):
     pred = small_pfn(jnp.zeros((0, 1)), jnp.zeros((0,)), jnp.linspace(0, 1, 5)[:, None])
     assert isinstance(pred, BarDistribution) and pred.batch_shape == (5,)

@@ -19,70 +19,60 @@ def _dense(key, fan_in, fan_out, shape_prefix=()):
     return w, jnp.zeros(shape_prefix + (fan_out,))
 
 
-def _sum_leading(g: Float[Array, "N E"]) -> Float[Array, " E"]:
-    """Column sums as a matrix-vector product: XLA CPU rewrites a long column reduction into
-    slow reduce-window loops, while a dot runs at matmul speed."""
-    return jnp.ones(g.shape[0], g.dtype) @ g
+def _rows(v: Float[Array, " E"], n: int) -> Float[Array, "n E"]:
+    """`n` copies of `v` as the outer product `ones[n, 1] @ v[None]`. Used for tangents of
+    parameters broadcast over rows: their transpose, the parameter's gradient, is then the dot
+    `ones[n] @ g` (XLA CPU rewrites a long column reduction into slow reduce-window loops, while
+    a dot runs at matmul speed)."""
+    return jnp.ones((n, 1), v.dtype) @ v[None]
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _linear(x: Float[Array, "N K"], w: Float[Array, "K M"], b: Float[Array, " M"]):
-    """`x @ w + b` with a hand-written backward: the incoming gradient is materialised once
-    (so XLA does not fuse elementwise backward work into the transposed copies that feed the
-    weight-gradient dot) and the bias gradient is a dot."""
+    """`x @ w + b`, whose bias gradient is a dot (see `_rows`)."""
     return x @ w + b
 
 
-def _linear_fwd(x, w, b):
-    return x @ w + b, (x, w)
+@_linear.defjvp
+def _linear_jvp(primals, tangents):
+    (x, w, b), (dx, dw, db) = primals, tangents
+    return x @ w + b, dx @ w + x @ dw + _rows(db, x.shape[0])
 
 
-def _linear_bwd(res, g):
-    x, w = res
-    g = jax.lax.optimization_barrier(g)
-    return g @ w.T, x.T @ g, _sum_leading(g)
-
-
-_linear.defvjp(_linear_fwd, _linear_bwd)
-
-
-@jax.custom_vjp
+@jax.custom_jvp
 def _affine(x: Float[Array, "N E"], scale: Float[Array, " E"], b: Float[Array, " E"]):
-    """`x * scale + b` with dot-based parameter gradients (see `_sum_leading`)."""
+    """`x * scale + b`, whose parameter gradients are dots (see `_rows`)."""
     return x * scale + b
 
 
-_affine.defvjp(
-    lambda x, scale, b: (x * scale + b, (x, scale)),
-    lambda res, g: (g * res[1], _sum_leading(g * res[0]), _sum_leading(g)),
-)
+@_affine.defjvp
+def _affine_jvp(primals, tangents):
+    (x, scale, b), (dx, dscale, db) = primals, tangents
+    n = x.shape[0]
+    return x * scale + b, dx * scale + x * _rows(dscale, n) + _rows(db, n)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _grad_barrier(x):
-    """Identity whose incoming gradient is materialised once (see `TransformerLayers`)."""
+    """Identity whose tangent, and so its transpose, the incoming gradient, goes through a
+    conditional that XLA cannot fold (its predicate, computed from `x`, is always true): the
+    gradient is computed once, into a buffer (see `TransformerLayers`).
+    `lax.optimization_barrier` does not do this on CPU, where XLA expands barriers before
+    fusion."""
     return x
 
 
-def _grad_barrier_bwd(_, g):
-    # A conditional that XLA cannot fold (its predicate is always true): its operand is computed
-    # once, into a buffer. `lax.optimization_barrier` does not do this on CPU, where XLA expands
-    # barriers before fusion.
-    keep = jnp.sum(jnp.isnan(g[:1, :1]).astype(jnp.int32)) >= 0
-    return (jax.lax.cond(keep, lambda x: x, lambda x: x + 0.0, g),)
+@_grad_barrier.defjvp
+def _grad_barrier_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    keep = jnp.sum(jnp.isnan(x[:1, :1]).astype(jnp.int32)) >= 0
+    return x, jax.lax.cond(keep, lambda t: t, lambda t: t * 1.0, dx)
 
 
-_grad_barrier.defvjp(lambda x: (x, None), _grad_barrier_bwd)
-
-
-@jax.custom_vjp
 def _split3(qkv):
-    """`qkv[:, :, i]` for i = 0, 1, 2 of `[B, T, 3, H, Dh]`; the backward stacks the three
-    gradients instead of adding three zero-padded copies."""
-    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-
-
-_split3.defvjp(lambda qkv: (_split3(qkv), None), lambda _, g: (jnp.stack(g, axis=2),))
+    """`qkv[:, :, i]` for i = 0, 1, 2 of `[B, T, 3, H, Dh]`, by `lax.split`: its gradient is one
+    concatenation, not three zero-padded copies added together."""
+    return tuple(part[:, :, 0] for part in jnp.split(qkv, 3, axis=2))
 
 
 def _layer_norm(x: Float[Array, "N E"], scale, bias, eps=1e-5) -> Float[Array, "N E"]:
