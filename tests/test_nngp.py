@@ -400,7 +400,8 @@ def test_fit_raises_marginal_likelihood(x64, regression_data):
 
 def test_fitting_objective_gradient_equals_autodiff(x64):
     """The fit's objective differentiates yᵀK̃⁻¹y and log|K̃| in closed form (`_quad_logdet`);
-    its gradient must equal autodiff of an independent solve/slogdet implementation."""
+    its gradient, forward-mode derivative and Hessian must equal autodiff of an independent
+    solve/slogdet implementation."""
     from probnet.nngp.model import _quad_logdet
 
     rng = np.random.default_rng(3)
@@ -423,6 +424,29 @@ def test_fitting_objective_gradient_equals_autodiff(x64):
     expected = jax.jit(jax.grad(reference, argnums=(0, 1)))(gram, y2)
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-10)
+
+    def symmetric_directions():  # K̃ stays symmetric (the factorisation reads one triangle)
+        d = rng.normal(size=(6, 6))
+        return jnp.asarray(d + d.T), jnp.asarray(rng.normal(size=(6, 2)))
+
+    first, second = symmetric_directions(), symmetric_directions()
+
+    def along_first(f):
+        return lambda g, y: jax.jvp(f, (g, y), first)[1]
+
+    def along_first_reverse(f):  # ⟨∇f, first⟩, so the second derivative is forward over reverse
+        grads = jax.grad(f, argnums=(0, 1))
+        return lambda g, y: sum(jnp.sum(a * b) for a, b in zip(grads(g, y), first, strict=True))
+
+    assert float(along_first(fast)(gram, y2)) == pytest.approx(
+        float(along_first(reference)(gram, y2)), rel=1e-9
+    )
+    expected = jax.jvp(along_first(reference), (gram, y2), second)[1]
+    for got in (
+        jax.jvp(along_first(fast), (gram, y2), second)[1],
+        jax.jvp(along_first_reverse(fast), (gram, y2), second)[1],
+    ):
+        assert float(got) == pytest.approx(float(expected), rel=1e-8)
 
 
 def test_scale_distributions_match_scipy(x64):
