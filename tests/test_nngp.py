@@ -400,8 +400,9 @@ def test_fit_raises_marginal_likelihood(x64, regression_data):
 
 def test_fitting_objective_gradient_equals_autodiff(x64):
     """The fit's objective differentiates yᵀK̃⁻¹y and log|K̃| in closed form (`_quad_logdet`);
-    its gradient, forward-mode derivative and Hessian must equal autodiff of an independent
-    solve/slogdet implementation."""
+    its gradient, forward-mode derivative and second directional derivatives (forward over
+    forward and forward over reverse) must equal autodiff of an independent solve/slogdet
+    implementation."""
     from probnet.nngp.model import _quad_logdet
 
     rng = np.random.default_rng(3)
