@@ -259,9 +259,26 @@ def _write(plot_dir, results, flat):
     np.savez(os.path.join(plot_dir, "nll_by_context.npz"), **arrays)
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = {"pfn": "PFN", "exact": "exact Bayes", "type2_ml": "type-II ML GP", "nuts": "NUTS"}
-    for name, (curve, ks, _) in results.items():
-        label = f"{labels.get(name, name)} ({curve.shape[0]} datasets)"
-        ax.plot(ks, curve.mean(0), marker=".", label=label)
+    pfn_curve, pfn_ks, _ = results["pfn"]
+    for i, (name, (curve, ks, _)) in enumerate(results.items()):
+        n = curve.shape[0]
+        ax.plot(
+            ks,
+            curve.mean(0),
+            marker=".",
+            color=f"C{i}",
+            label=f"{labels.get(name, name)} ({n} datasets)",
+        )
+        if name != "pfn" and n < pfn_curve.shape[0]:  # the PFN on the same datasets, paired
+            same = pfn_curve[:n, np.searchsorted(pfn_ks, ks)].mean(0)
+            ax.plot(
+                ks,
+                same,
+                "o",
+                mfc="none",
+                color="C0",
+                label=f"PFN on the {n} {labels.get(name, name)} datasets",
+            )
     ax.set_xlabel("number of context points k")
     ax.set_ylabel("held-out NLL (nats / point)")
     ax.legend()
