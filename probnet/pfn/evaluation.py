@@ -259,26 +259,13 @@ def _write(plot_dir, results, flat):
     np.savez(os.path.join(plot_dir, "nll_by_context.npz"), **arrays)
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = {"pfn": "PFN", "exact": "exact Bayes", "type2_ml": "type-II ML GP", "nuts": "NUTS"}
-    pfn_curve, pfn_ks, _ = results["pfn"]
+    num_pfn = results["pfn"][0].shape[0]
     for i, (name, (curve, ks, _)) in enumerate(results.items()):
-        n = curve.shape[0]
-        ax.plot(
-            ks,
-            curve.mean(0),
-            marker=".",
-            color=f"C{i}",
-            label=f"{labels.get(name, name)} ({n} datasets)",
-        )
-        if name != "pfn" and n < pfn_curve.shape[0]:  # the PFN on the same datasets, paired
-            same = pfn_curve[:n, np.searchsorted(pfn_ks, ks)].mean(0)
-            ax.plot(
-                ks,
-                same,
-                "o",
-                mfc="none",
-                color="C0",
-                label=f"PFN on the {n} {labels.get(name, name)} datasets",
-            )
+        n, label = curve.shape[0], labels.get(name, name)
+        ax.plot(ks, curve.mean(0), marker=".", color=f"C{i}", label=f"{label} ({n} datasets)")
+        if name != "pfn" and n < num_pfn:  # the PFN on the same datasets (paired, from `flat`)
+            same = [flat[f"{name}/pfn_nll_k{int(k)}"] for k in ks]
+            ax.plot(ks, same, "o", mfc="none", color="C0", label=f"PFN on the {n} {label} datasets")
     ax.set_xlabel("number of context points k")
     ax.set_ylabel("held-out NLL (nats / point)")
     ax.legend()
