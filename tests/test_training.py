@@ -122,6 +122,43 @@ def test_step_compiled_once_and_metrics_written(trainer, runs):
     assert [p.name for p in list_checkpoints(full_dir)] == ["step_00000010", "step_00000020"]
 
 
+class _Pending:
+    """A call output the device has not finished (its `is_ready()` is False)."""
+
+    def is_ready(self):
+        return False
+
+
+def test_throughput_counts_the_newest_interval_once(monkeypatch):
+    """tasks_per_sec with a fake clock (1 s between reads): a kept-back interval the device
+    has already finished counts in the read that sees it done, not again in the next one."""
+    import probnet.training.trainer as trainer_module
+
+    ticks = iter(range(1, 10))
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: float(next(ticks)))
+    fake = type(
+        "T", (), {"config": TrainerConfig(num_tasks=2), "_metric_names": ("loss", "grad_norm")}
+    )
+    drain = trainer_module.Trainer._drain
+    out = [jnp.ones((5, 2))]  # five steps of (loss, grad_norm), already computed
+
+    # Host-bound: the newest interval (to step 10) is done when step 5 is read.
+    clock = {"step": 0, "time": 0.0}
+    intervals = [(5, out), (10, out)]
+    assert [r["tasks_per_sec"] for r in drain(fake, intervals, clock, keep_last=True)] == [20.0]
+    assert clock["step"] == 10
+    intervals.append((15, out))  # the final read: steps 11..15 in the last second
+    records = drain(fake, intervals, clock, keep_last=False)
+    assert [r["step"] for r in records] == [10, 15]
+    assert [r["tasks_per_sec"] for r in records] == [10.0, 10.0]
+
+    # Device-bound: the newest interval is still running, so only step 5 is done.
+    clock = {"step": 0, "time": 2.0}
+    intervals = [(5, out), (10, [_Pending()])]
+    assert [r["tasks_per_sec"] for r in drain(fake, intervals, clock, keep_last=True)] == [10.0]
+    assert clock["step"] == 5
+
+
 def test_resumed_run_equals_uninterrupted(runs):
     full, _, resumed, resumed_dir = runs
     assert int(resumed.step) == 20
