@@ -129,34 +129,34 @@ class _Pending:
         return False
 
 
-def test_throughput_counts_the_newest_interval_once(monkeypatch):
-    """tasks_per_sec with a fake clock (1 s between reads): a kept-back interval the device
-    has already finished counts in the read that sees it done, not again in the next one."""
+def test_throughput_counts_finished_calls_once(monkeypatch):
+    """tasks_per_sec with a fake clock (1 s between reads): the calls of the kept-back interval
+    that the device has already finished count in the read that sees them done, not again in
+    the next one (which doubled the final record's rate on a GPU)."""
     import probnet.training.trainer as trainer_module
 
     ticks = iter(range(1, 10))
     monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: float(next(ticks)))
-    fake = type(
-        "T", (), {"config": TrainerConfig(num_tasks=2), "_metric_names": ("loss", "grad_norm")}
-    )
+    config = TrainerConfig(num_tasks=2, steps_per_call=5, log_every=10)
+    fake = type("T", (), {"config": config, "_metric_names": ("loss", "grad_norm")})
     drain = trainer_module.Trainer._drain
-    out = [jnp.ones((5, 2))]  # five steps of (loss, grad_norm), already computed
+    done = jnp.ones((5, 2))  # one call: five steps of (loss, grad_norm), already computed
 
-    # Host-bound: the newest interval (to step 10) is done when step 5 is read.
+    # The newest interval (steps 11..20) is finished when steps 1..10 are read.
     clock = {"step": 0, "time": 0.0}
-    intervals = [(5, out), (10, out)]
-    assert [r["tasks_per_sec"] for r in drain(fake, intervals, clock, keep_last=True)] == [20.0]
-    assert clock["step"] == 10
-    intervals.append((15, out))  # the final read: steps 11..15 in the last second
+    intervals = [(10, [done, done]), (20, [done, done])]
+    assert [r["tasks_per_sec"] for r in drain(fake, intervals, clock, keep_last=True)] == [40.0]
+    assert clock["step"] == 20
+    intervals.append((30, [done, done]))  # the final read: steps 21..30 in the last second
     records = drain(fake, intervals, clock, keep_last=False)
-    assert [r["step"] for r in records] == [10, 15]
-    assert [r["tasks_per_sec"] for r in records] == [10.0, 10.0]
+    assert [r["step"] for r in records] == [20, 30]
+    assert [r["tasks_per_sec"] for r in records] == [20.0, 20.0]
 
-    # Device-bound: the newest interval is still running, so only step 5 is done.
+    # Half of the newest interval is still running: steps 1..15 are done.
     clock = {"step": 0, "time": 2.0}
-    intervals = [(5, out), (10, [_Pending()])]
-    assert [r["tasks_per_sec"] for r in drain(fake, intervals, clock, keep_last=True)] == [10.0]
-    assert clock["step"] == 5
+    intervals = [(10, [done, done]), (20, [done, _Pending()])]
+    assert [r["tasks_per_sec"] for r in drain(fake, intervals, clock, keep_last=True)] == [30.0]
+    assert clock["step"] == 15
 
 
 def test_resumed_run_equals_uninterrupted(runs):

@@ -373,9 +373,10 @@ class Trainer:
         device and raises `FloatingPointError` at the first non-finite loss or gradient.
 
         Throughput is measured between syncs, so intervals read together share one value. The
-        device has finished every interval read, and also the newest one kept back when its
-        output is already there (a host-bound loop): counting only the intervals read would
-        credit those steps to the next measurement, doubling the rate of the final one.
+        device has finished every interval read, and also those calls of the newest one, kept back,
+        whose output is already there (on a GPU a read returns only once the work queued
+        before it is nearly done): counting only the intervals read would credit those steps
+        to the next measurement and doubled the final record's rate.
         """
         ready = intervals[:-1] if keep_last else list(intervals)
         del intervals[: len(ready)]
@@ -385,8 +386,10 @@ class Trainer:
             first = last_step
         if records:
             done = first
-            if intervals and intervals[-1][1][-1].is_ready():
-                done = intervals[-1][0]
+            if intervals:  # calls finish in order: count those of the newest already done
+                last_step, packed = intervals[-1]
+                pending = len(packed) - sum(bool(p.is_ready()) for p in packed)
+                done = last_step - pending * self.config.steps_per_call
             now = time.perf_counter()
             rate = (done - clock["step"]) * self.config.num_tasks / (now - clock["time"])
             for record in records:
