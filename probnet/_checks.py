@@ -24,14 +24,36 @@ def check_finite(name: str, x):
     return x
 
 
-def check_positive(name: str, x):
-    """Return `x`, raising unless every entry is finite and > 0."""
+def check_positive(name: str, x, allow_zero: bool = False):
+    """Return `x`, raising unless every entry is finite and > 0 (>= 0 with `allow_zero`)."""
+    x = jnp.asarray(x)
+    bound = ">= 0" if allow_zero else "> 0"
+    if is_traced(x):
+        bad = ~jnp.all(x >= 0) if allow_zero else ~jnp.all(x > 0)
+        return eqx.error_if(x, bad, f"{name} must be {bound}")
+    value = np.asarray(x)
+    ok = value >= 0 if allow_zero else value > 0
+    if not np.all(ok) or not np.all(np.isfinite(value)):
+        raise ValueError(f"{name} must be finite and {bound}, got {value}")
+    return x
+
+
+def check_covariance(name: str, x, definite: bool = True):
+    """Return `x`, raising unless the (concrete) matrices `[..., d, d]` are finite, symmetric and
+    positive definite (semi-definite with `definite=False`), to float rounding."""
     x = jnp.asarray(x)
     if is_traced(x):
-        return eqx.error_if(x, ~jnp.all(x > 0), f"{name} must be > 0")
-    value = np.asarray(x)
-    if not np.all(value > 0) or not np.all(np.isfinite(value)):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
+        return x
+    value = np.asarray(x, np.float64)
+    kind = "symmetric positive " + ("definite" if definite else "semi-definite")
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{name} must be {kind}, but it contains NaN or inf")
+    tol = 100 * np.finfo(x.dtype).eps * max(np.max(np.abs(value), initial=0.0), 1e-300)
+    if np.any(np.abs(value - np.swapaxes(value, -1, -2)) > tol):
+        raise ValueError(f"{name} must be {kind}, but it is not symmetric")
+    lowest = np.min(np.linalg.eigvalsh(value), initial=np.inf)
+    if lowest <= 0 if definite else lowest < -tol:
+        raise ValueError(f"{name} must be {kind}, but has an eigenvalue {lowest:.3g}")
     return x
 
 
@@ -39,6 +61,18 @@ def check_ndim(name: str, x, ndim: int, shape_doc: str):
     """Raise unless `x` has `ndim` dimensions; `shape_doc` names them, e.g. `[N, D]`."""
     if jnp.ndim(x) != ndim:
         raise ValueError(f"{name} must have shape {shape_doc}, got shape {jnp.shape(x)}")
+
+
+def check_mask(name: str, mask, n: int):
+    """Return `mask` (None stays None), raising unless it is a boolean array of shape `[n]`."""
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    if mask.shape != (n,) or mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"{name} must be a boolean array of shape [{n}], got {mask.dtype}{mask.shape}"
+        )
+    return mask
 
 
 def check_count(name: str, value: int, minimum: int = 1) -> int:

@@ -62,22 +62,23 @@ def default_jitter(dtype) -> float:
 def cholesky(
     matrix: Float[Array, "*batch N N"],
     jitter: float | None = None,
-    max_tries: int = 6,
+    max_jitter: float = 1e-2,
     loop_up_to: int = SMALL_CHOLESKY,
 ) -> Float[Array, "*batch N N"]:
     """Lower Cholesky factors of symmetric positive (semi-)definite matrices `[*batch, N, N]`.
 
     Adds `jitter · mean(diag)` to each diagonal. Only when some factorisation fails (the common
     case costs one batched factorisation, also under `vmap`) is the jitter of the failed matrices
-    raised tenfold (from 1e-8 relative if it was zero), up to `max_tries` times; an error is
-    raised if it still fails. Matrices up to `loop_up_to` rows are factored by probnet's
+    raised tenfold (from 1e-8 relative if it was zero), up to `max_jitter · mean(diag)`; an error
+    is raised if it still fails, so an indefinite matrix is never silently replaced by a
+    different one. Matrices up to `loop_up_to` rows are factored by probnet's
     vectorised loop, larger ones by LAPACK. Works under jit, vmap and grad (the jitter is held
     constant).
     """
     if matrix.shape[-1] == 0:
         return matrix
     start = default_jitter(matrix.dtype) if jitter is None else float(jitter)
-    chol = _jittered_cholesky(matrix, start, max_tries, loop_up_to)
+    chol = _jittered_cholesky(matrix, start, float(max_jitter), loop_up_to)
     return eqx.error_if(
         chol,
         ~jnp.all(jnp.isfinite(chol)),
@@ -94,7 +95,7 @@ def _add_jitter(matrix, rel):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
-def _jittered_cholesky(matrix, start, max_tries, loop_up_to):
+def _jittered_cholesky(matrix, start, max_jitter, loop_up_to):
     """A `while_loop` that runs only while some factor is NaN and re-factors the batch with the
     failed matrices' jitter raised (a `cond` here became a select under `vmap` and always ran
     the retries)."""
@@ -103,23 +104,26 @@ def _jittered_cholesky(matrix, start, max_tries, loop_up_to):
         return ~jnp.all(jnp.isfinite(chol), axis=(-2, -1))
 
     def retry(state):
-        chol, rel, tries = state
-        bad = failed(chol)
-        rel = jnp.where(bad, jnp.where(rel > 0, rel * 10.0, 1e-8), rel)
+        chol, rel = state
+        bad = failed(chol) & (rel < max_jitter)
+        rel = jnp.where(bad, jnp.minimum(jnp.where(rel > 0, rel * 10.0, 1e-8), max_jitter), rel)
         again = _factor(_add_jitter(matrix, rel), loop_up_to)
-        return jnp.where(bad[..., None, None], again, chol), rel, tries + 1
+        return jnp.where(bad[..., None, None], again, chol), rel
+
+    def retrying(state):
+        chol, rel = state
+        return jnp.any(failed(chol) & (rel < max_jitter))
 
     rel = jnp.full(matrix.shape[:-2], start, matrix.dtype)
     chol = _factor(_add_jitter(matrix, rel), loop_up_to)
-    state = (chol, rel, jnp.array(0))
-    return jax.lax.while_loop(lambda s: jnp.any(failed(s[0])) & (s[2] < max_tries), retry, state)[0]
+    return jax.lax.while_loop(retrying, retry, (chol, rel))[0]
 
 
 @_jittered_cholesky.defjvp
-def _jittered_cholesky_jvp(start, max_tries, loop_up_to, primals, tangents):
+def _jittered_cholesky_jvp(start, max_jitter, loop_up_to, primals, tangents):
     # dL = L Φ(L⁻¹ dA L⁻ᵀ), Φ = lower triangle with the diagonal halved; jitter held constant.
     (matrix,), (dmatrix,) = primals, tangents
-    chol = _jittered_cholesky(matrix, start, max_tries, loop_up_to)
+    chol = _jittered_cholesky(matrix, start, max_jitter, loop_up_to)
     dmatrix = 0.5 * (dmatrix + jnp.swapaxes(dmatrix, -1, -2))
     inner = solve_lower(chol, jnp.swapaxes(solve_lower(chol, dmatrix), -1, -2))
     phi = jnp.tril(inner) - 0.5 * jnp.diagonal(inner, axis1=-2, axis2=-1)[..., None] * jnp.eye(

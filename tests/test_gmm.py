@@ -205,10 +205,17 @@ def test_validation_messages():
     prior = prior_1d()
     with pytest.raises(ValueError, match=r"H must have shape \[m, d=1\]"):
         prior.condition_linear_gaussian(jnp.eye(2), jnp.eye(2), jnp.zeros((1, 2)))
-    with pytest.raises(ValueError, match="R must be a symmetric positive definite"):
+    with pytest.raises(ValueError, match="R must be symmetric positive definite"):
         prior.condition_linear_gaussian(jnp.eye(1), -jnp.eye(1), jnp.zeros((1, 1)))
     with pytest.raises(ValueError, match=r"mask must have shape \[n=2\]"):
         prior.condition_linear_gaussian(jnp.eye(1), jnp.eye(1), jnp.zeros((2, 1)), jnp.ones(3))
+    with pytest.raises(ValueError, match="covariances must be symmetric positive definite"):
+        GMM.from_covariances(jnp.ones(1), jnp.zeros((1, 2)), jnp.array([[[1.0, 1.5], [1.5, 1.0]]]))
+    with pytest.raises(ValueError, match="not symmetric"):
+        GMM.from_covariances(jnp.ones(1), jnp.zeros((1, 2)), jnp.array([[[1.0, 0.5], [0.0, 1.0]]]))
+    with pytest.raises(ValueError, match="Q must be symmetric positive semi-definite"):
+        LinearGaussianDynamics(np.eye(2), -np.eye(2))
+    LinearGaussianDynamics(np.eye(2), np.diag([1.0, 0.0]))  # noise in one direction only
     with pytest.raises(ValueError, match="std_high must be >= std_low"):
         GMMMetaPrior(3, 1, std_low=1.0, std_high=0.5)
     with pytest.raises(ValueError, match="R must be symmetric positive definite"):

@@ -147,6 +147,17 @@ def test_bad_input_names_the_argument():
         gp.predict(k, 0.1, x, y, xs, context_mask=jnp.ones(3, bool))
     with pytest.raises(ValueError, match="num_steps"):
         gp.fit_hyperparameters(k, 0.1, x, y, num_steps=0)
+    with pytest.raises(ValueError, match="noise_variance"):
+        gp.fit_hyperparameters(k, -1.0, x, y, num_steps=5)
+    with pytest.raises(ValueError, match="learning_rate"):
+        gp.fit_hyperparameters(k, 0.1, x, y, num_steps=5, learning_rate=-0.1)
+    with pytest.raises(ValueError, match="lengthscale"):
+        gp.fit_hyperparameters(RBF(1.0, jnp.ones(2)), 0.1, x, y, num_steps=5)
+    with pytest.raises(ValueError, match="noise_variance"):
+        gp.sample_prior(jax.random.key(0), k, x, 2, noise_variance=-0.5)
+    # inside jit the noise variance is traced; a negative one still raises, naming it
+    with pytest.raises(Exception, match="noise_variance must be > 0"):
+        jax.block_until_ready(jax.jit(lambda nv: gp.predict(k, nv, x, y, xs))(-0.001))
 
 
 def test_failed_factorisation_inside_jit_raises():

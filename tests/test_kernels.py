@@ -80,6 +80,8 @@ def test_non_positive_parameters_rejected(cls):
 
 
 def test_shape_errors_name_the_argument():
+    with pytest.raises(ValueError, match="scale must be a scalar"):
+        RBF() * jnp.array([1.0, 3.0])
     k = RBF(1.0, jnp.ones(3))
     with pytest.raises(ValueError, match="x1 and x2"):
         k(jnp.ones((2, 3)), jnp.ones((2, 2)))

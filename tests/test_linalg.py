@@ -67,6 +67,15 @@ def test_small_cholesky_raises_the_jitter_of_the_failing_matrix_only():
     np.testing.assert_allclose(mapped, chol, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("n", [2, 200])
+def test_indefinite_matrix_raises_instead_of_a_large_jitter(n):
+    """An eigenvalue of -0.5 would need jitter of half the diagonal: that is an error, not a
+    factor of a different matrix (both the loop and the LAPACK paths)."""
+    matrix = jnp.eye(n).at[0, 1].set(1.5).at[1, 0].set(1.5)
+    with pytest.raises(Exception, match="not positive definite"):
+        jax.block_until_ready(cholesky(matrix))
+
+
 def test_gradients_through_the_small_path_match_finite_differences(x64):
     matrix = _spd(jax.random.key(3), (), 6, jnp.float64)
     direction = _spd(jax.random.key(4), (), 6, jnp.float64)

@@ -200,6 +200,17 @@ def test_bad_input_names_the_argument():
         BNNPrior(1, activations=("swish",))
     with pytest.raises(ValueError, match="num_features"):
         MixturePrior([gp_prior(), LinearPrior(2)])
+    for weights in ([-1.0, 2.0], [jnp.nan, 1.0], [0.0, 0.0]):
+        with pytest.raises(ValueError, match="weights"):
+            MixturePrior([gp_prior(), gp_prior()], weights=jnp.array(weights))
+    with pytest.raises(ValueError, match="noise_std"):
+        BNNPrior(1, noise_std=float("nan"))
+    with pytest.raises(ValueError, match="weight_std"):
+        BNNPrior(1, weight_std=-1.0)
+    with pytest.raises(ValueError, match=r"context_mask must be a boolean array of shape \[3\]"):
+        LinearPrior(1).predictive(
+            jnp.ones((3, 1)), jnp.ones(3), jnp.ones((2, 1)), jnp.ones(1, bool)
+        )
     with pytest.raises(ValueError, match="x_context"):
         LinearPrior(2).predictive(jnp.ones((3, 1)), jnp.ones(3), jnp.ones((2, 2)))
     with pytest.raises(ValueError, match="y_context"):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from probnet._checks import as_float_array, check_finite, check_ndim, is_traced
+from probnet._checks import as_float_array, check_covariance, check_finite, check_ndim, is_traced
 from probnet.distributions.normal import NormalMixture
 from probnet.linalg import cholesky, solve_lower, solve_lower_transpose
 
@@ -114,6 +114,7 @@ class GMM(eqx.Module):
         """A mixture from weights, means and covariance matrices (factorised here)."""
         covariances = as_float_array(covariances)
         check_ndim("covariances", covariances, 3, "[K, d, d]")
+        check_covariance("covariances", covariances)
         return cls(weights, means, jax.vmap(cholesky)(covariances))
 
     # ------------------------------------------------------------------ basic properties
@@ -265,10 +266,7 @@ class GMM(eqx.Module):
         mask = jnp.asarray(mask)
         if mask.shape != (y.shape[0],):
             raise ValueError(f"mask must have shape [n={y.shape[0]}], got {mask.shape}")
-        if not is_traced(R):
-            r = np.asarray(R)
-            if not np.allclose(r, r.T) or not np.all(np.linalg.eigvalsh(r) > 0):
-                raise ValueError("R must be a symmetric positive definite [m, m] matrix")
+        check_covariance("R", R)
         dtype = self.means.dtype
         keep = mask.astype(dtype)
         n = jnp.sum(keep)

@@ -12,24 +12,14 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from probnet._checks import (
     as_float_array,
+    check_count,
     check_data,
     check_inputs_shape,
+    check_mask,
     check_positive,
-    is_traced,
 )
 from probnet.kernels import AbstractKernel
 from probnet.linalg import cho_solve, cholesky, solve_lower
-
-
-def _validate_mask(mask, n, name="context_mask"):
-    if mask is None:
-        return None
-    mask = jnp.asarray(mask)
-    if mask.shape != (n,) or mask.dtype != jnp.bool_:
-        raise ValueError(
-            f"{name} must be a boolean array of shape [{n}], got {mask.dtype}{mask.shape}"
-        )
-    return mask
 
 
 class GPPosterior(eqx.Module):
@@ -93,9 +83,7 @@ def condition(
 
 
 def _checked_condition(kernel, noise_variance, x_context, y_context, x_target, context_mask):
-    noise_variance = as_float_array(noise_variance)
-    if not is_traced(noise_variance):
-        check_positive("noise_variance", noise_variance)
+    noise_variance = check_positive("noise_variance", as_float_array(noise_variance))
     x_context, y_context = check_data(x_context, y_context, "x_context", "y_context")
     x_target = check_inputs_shape("x_target", x_target)
     if x_target.shape[1] != x_context.shape[1]:
@@ -104,7 +92,7 @@ def _checked_condition(kernel, noise_variance, x_context, y_context, x_target, c
             f"{x_target.shape} and x_context {x_context.shape}"
         )
     kernel.check_features(x_target.shape[1])
-    mask = _validate_mask(context_mask, x_context.shape[0])
+    mask = check_mask("context_mask", context_mask, x_context.shape[0])
     return condition(kernel, noise_variance, x_context, y_context, mask), x_target
 
 
@@ -165,7 +153,10 @@ def sample_prior(
 ) -> Float[Array, "S N"]:
     """`num_samples` draws of f(x) (plus noise of variance `noise_variance`), shape `[S, N]`."""
     x = check_inputs_shape("x", x)
-    cov = kernel(x, x) + as_float_array(noise_variance) * jnp.eye(x.shape[0], dtype=x.dtype)
+    kernel.check_features(x.shape[1])
+    check_count("num_samples", num_samples)
+    noise_variance = check_positive("noise_variance", as_float_array(noise_variance), True)
+    cov = kernel(x, x) + noise_variance * jnp.eye(x.shape[0], dtype=x.dtype)
     chol = cholesky(cov)
     eps = jax.random.normal(key, (num_samples, x.shape[0]), x.dtype)
     return eps @ chol.T

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Bool, Float
 
-from probnet._checks import as_float_array, check_count, check_data
-from probnet.gp.exact import _validate_mask, condition
+from probnet._checks import as_float_array, check_count, check_data, check_mask, check_positive
+from probnet.gp.exact import condition
 from probnet.kernels import AbstractKernel
 
 
@@ -29,9 +29,12 @@ def fit_hyperparameters(
     `min_noise_variance`.
     """
     check_count("num_steps", num_steps)
+    check_positive("learning_rate", learning_rate)
+    check_positive("min_noise_variance", min_noise_variance)
     x, y = check_data(x, y)
-    mask = _validate_mask(context_mask, x.shape[0])
-    noise_variance = as_float_array(noise_variance)
+    kernel.check_features(x.shape[1])
+    mask = check_mask("context_mask", context_mask, x.shape[0])
+    noise_variance = check_positive("noise_variance", as_float_array(noise_variance))
     params, static = eqx.partition(kernel, eqx.is_inexact_array)
     log_params = jax.tree_util.tree_map(jnp.log, params)
     log_noise = jnp.log(jnp.maximum(noise_variance - min_noise_variance, min_noise_variance))

@@ -96,6 +96,8 @@ class Scaled(AbstractKernel):
     scale: Float[Array, ""] = eqx.field(converter=as_float_array)
 
     def __check_init__(self):
+        if jnp.ndim(self.scale) != 0:
+            raise ValueError(f"scale must be a scalar, got shape {jnp.shape(self.scale)}")
         if not is_traced(self.scale):
             check_positive("scale", self.scale)
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from probnet._checks import check_count
+from probnet._checks import check_count, check_positive, is_traced
 from probnet.distributions import AbstractDistribution, LogUniform, Uniform
 from probnet.priors._draw import check_inputs, draw, draw_inputs
 from probnet.priors.base import AbstractPrior, Task
@@ -60,6 +60,10 @@ class BNNPrior(AbstractPrior):
                 f"{self.activations}"
             )
         check_inputs(self.inputs, self.num_features)
+        for name in ("weight_std", "noise_std"):
+            value = getattr(self, name)
+            if not isinstance(value, AbstractDistribution) and not is_traced(value):
+                check_positive(name, value)
 
     def sample_task(self, key: PRNGKeyArray, num_points: int) -> Task:
         keys = jax.random.split(key, 8)

@@ -21,7 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from probnet._checks import as_float_array, check_count, check_ndim, check_positive, is_traced
+from probnet._checks import (
+    as_float_array,
+    check_count,
+    check_covariance,
+    check_ndim,
+    check_positive,
+)
 from probnet.distributions.gmm import GMM
 from probnet.linalg import cholesky, solve_lower
 from probnet.priors.base import AbstractPrior
@@ -213,10 +219,7 @@ class LinearGaussianObservations(AbstractObservationModel):
         m = self.H.shape[0]
         if self.R.shape != (m, m):
             raise ValueError(f"R must have shape [m={m}, m={m}], got {self.R.shape}")
-        if not is_traced(self.R):
-            r = np.asarray(self.R)
-            if not np.allclose(r, r.T) or not np.all(np.linalg.eigvalsh(r) > 0):
-                raise ValueError(f"R must be symmetric positive definite, got {r.tolist()}")
+        check_covariance("R", self.R)
 
     @property
     def param_dim(self) -> int:
@@ -328,6 +331,7 @@ class LinearGaussianDynamics(eqx.Module):
             raise ValueError(
                 f"A and Q must both be square [d, d], got {self.A.shape} and {self.Q.shape}"
             )
+        check_covariance("Q", self.Q, definite=False)
 
     def push(self, distribution: GMM) -> GMM:
         """Exact: each component goes to (Aμ, AΣAᵀ + Q)."""

@@ -10,6 +10,7 @@ from probnet._checks import (
     check_count,
     check_data,
     check_inputs_shape,
+    check_mask,
     check_positive,
     is_traced,
 )
@@ -80,6 +81,7 @@ class LinearPrior(AbstractPrior):
             x_context, y_context, "x_context", "y_context", self.num_features
         )
         x_target = check_inputs_shape("x_target", x_target, self.num_features)
+        context_mask = check_mask("context_mask", context_mask, x_context.shape[0])
         mean, chol = self.posterior(x_context, y_context, context_mask)
         phi_t = self.features(x_target)
         v = solve_lower(chol, phi_t.T)
