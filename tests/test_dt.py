@@ -131,6 +131,9 @@ def test_zero_head_is_identity_and_compiles_once():
     assert len(traces) == 1
     with pytest.raises(ValueError, match=r"y must have shape \[N, obs_dim=1\]"):
         model(prior, jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match="y must be finite"):
+        model(prior, jnp.array([[jnp.nan], [1.0]]))
+    model(prior, jnp.array([[jnp.nan], [1.0]]), jnp.array([False, True]))  # masked out: fine
     with pytest.raises(ValueError, match="width \\(10\\) must be a multiple of num_heads"):
         DistributionTransformer(1, width=10, num_heads=4, key=jax.random.key(0))
 

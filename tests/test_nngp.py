@@ -377,6 +377,49 @@ def test_per_output_scales_are_independent_t_processes(x64):
 # Fitting, distributions, composition, validation.
 
 
+def test_importance_sampling_where_the_prior_sets_the_scale():
+    """With y ≈ 0 or no context the data say nothing about σ²: importance sampling and NUTS
+    must still find the posterior (a start at log(Q/n) alone sat 50 nats away and gave a
+    variance of 1e-20), and with an empty context the log-evidence is 0."""
+    kernel = serial(Dense(1.5, 0.1), ReLU(), Dense(1.5, 0.1))
+    x, xt = jnp.array([[0.3, -0.2]]), jnp.array([[1.0, 0.5]])
+    key = jax.random.key(0)
+    for y in (jnp.array([0.0]), jnp.array([1e-9])):
+        exact = ScaleMixtureNNGP(kernel, InverseGamma(3.0, 2.0), 0.1).predict(x, y, xt)
+        for inference in ("importance", "nuts"):
+            model = ScaleMixtureNNGP(kernel, InverseGamma(3.0, 2.0), 0.1, inference=inference)
+            got = model.predict(x, y, xt, key=key)
+            np.testing.assert_allclose(got.variance, exact.variance, rtol=0.05)
+    burr = ScaleMixtureNNGP(kernel, BurrXII(2.0, 1.0, 1.0), 0.1)
+    empty = jnp.array([False])
+    lml = burr.log_marginal_likelihood(x, jnp.array([1.0]), key=key, context_mask=empty)
+    assert abs(float(lml)) < 1e-3
+    prior_draws = BurrXII(2.0, 1.0, 1.0).sample(jax.random.key(1), (200_000,))
+    latent = burr.predict(x, jnp.array([1.0]), xt, key=key, context_mask=empty, include_noise=False)
+    prior_var = float(jnp.mean(prior_draws)) * float(kernel(xt, xt)[0, 0])
+    np.testing.assert_allclose(latent.variance, prior_var, rtol=0.05)
+
+
+def test_mixture_predictive_samples_match_its_moments():
+    """`sample` of the importance-sampling predictive (one σ², or one per output for vector
+    and matrix targets) agrees with its `mean` and `variance`, and per-output predictives
+    of vector targets have batch [M]."""
+    kernel = serial(Dense(1.5, 0.1), ReLU(), Dense(1.5, 0.1))
+    x = jax.random.normal(jax.random.key(0), (20, 2))
+    xt = jax.random.normal(jax.random.key(1), (3, 2))
+    y = jnp.sin(x[:, 0])
+    for targets, per_output in ((y, False), (y, True), (jnp.stack([y, 2 * y], 1), True)):
+        model = ScaleMixtureNNGP(kernel, BurrXII(2.0, 1.0, 1.0), 0.1, per_output=per_output)
+        pred = model.predict(x, targets, xt, key=jax.random.key(2))
+        assert pred.batch_shape == (3,) + targets.shape[1:]
+        assert pred.log_prob(jnp.zeros((3,) + targets.shape[1:])).shape == (3,) + targets.shape[1:]
+        draws = pred.sample(jax.random.key(3), (40_000,))
+        assert draws.shape == (40_000, 3) + targets.shape[1:]
+        se = jnp.sqrt(pred.variance / 40_000)
+        assert np.all(np.abs(np.asarray(draws.mean(0) - pred.mean)) < 4 * se)
+        np.testing.assert_allclose(draws.var(0), pred.variance, rtol=0.05)
+
+
 def test_fit_raises_marginal_likelihood(x64, regression_data):
     x, y, _, _ = regression_data
     kernel = serial(Dense(1.0, 0.5), ReLU(), Dense(1.0, 0.5))
@@ -386,6 +429,8 @@ def test_fit_raises_marginal_likelihood(x64, regression_data):
     assert float(after) > float(before) + 0.2
     assert float(fitted.kernel.layers[0].W_std) != 1.0 and float(fitted.kernel.layers[0].W_std) > 0
     assert float(fitted.scale_prior.concentration) == 2.0 and float(fitted.noise) == 0.5
+    tiny = ScaleMixtureNNGP(kernel, None, 1e-6).fit(x, y, num_steps=2, fit_noise=False)
+    assert float(tiny.noise) == 1e-6  # a noise that is not fitted is held exactly
     # a Burr XII prior by importance sampling (fixed key: deterministic objective), learning
     # the kernel, the noise and the prior's parameters
     burr = ScaleMixtureNNGP(kernel, BurrXII(2.0, 1.0), 0.5, num_samples=200)
@@ -469,6 +514,17 @@ def test_scale_distributions_match_scipy(x64):
         draws = np.asarray(dist.sample(jax.random.key(0), (2000,)))
         assert scipy.stats.kstest(draws, ref.cdf).pvalue > 0.01
     assert np.isinf(StudentT(2.0, 0.0, 1.0).variance) and np.isnan(StudentT(1.0, 0, 1).mean)
+
+
+def test_student_t_cdf_near_the_centre_in_float32():
+    """ν/(ν+z²) rounds to 1 near z = 0 in float32; the cdf must still rise through 0.5 there
+    (it was flat, and off by 4e-4 at ν = 358)."""
+    z = np.array([-0.1, -1e-3, 1e-4, 1e-2, 0.5, 1.0], np.float32)
+    for df in (4.0, 358.0):
+        dist = StudentT(df, 0.0, 1.0)
+        assert dist.cdf(z).dtype == jnp.float32
+        np.testing.assert_allclose(dist.cdf(z), scipy.stats.t.cdf(z, df), atol=2e-5)
+        assert abs(float(dist.quantile(0.5))) < 1e-5
     assert np.isinf(BurrXII(1.0, 0.5).mean)
 
 
@@ -545,6 +601,11 @@ def test_bad_inputs_raise_clear_errors():
         ScaleMixtureNNGP(KERNEL, None, 0.1).condition(np.ones(3), np.ones(3))
     with pytest.raises(ValueError, match="same number of points"):
         ScaleMixtureNNGP(KERNEL, None, 0.1).condition(np.ones((3, 2)), np.ones(4))
+    post = ScaleMixtureNNGP(KERNEL, None, 0.1).condition(np.ones((3, 2)), np.ones(3))
+    with pytest.raises(ValueError, match=r"x_target must have shape \[N, D=2\]"):
+        post.predictive(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="num_draws"):
+        post.sample_scale(jax.random.key(0), -1)
     with pytest.raises(ValueError, match="df must be finite and > 0"):
         StudentT(-1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="c must be finite and > 0"):

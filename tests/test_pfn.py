@@ -139,3 +139,13 @@ def test_bad_input_names_the_argument(small_pfn):
         small_pfn(jnp.ones((3, 1)), jnp.array([1.0, jnp.nan, 2.0]), jnp.ones((2, 1)))
     with pytest.raises(ValueError, match="emb_size"):
         PFN(jax.random.key(0), jnp.linspace(-1, 1, 5), emb_size=30, num_heads=4)
+    with pytest.raises(ValueError, match="borders must be strictly increasing"):
+        PFN(jax.random.key(0), jnp.array([3.0, 2.0, 1.0, 0.0]), emb_size=8, num_heads=2)
+    with pytest.raises(ValueError, match="borders must be strictly increasing"):
+        BarDistribution(jnp.array([0.0, 2.0, 1.0]), jnp.zeros(2))
+    with pytest.raises(ValueError, match="x_scale"):
+        PFN(jax.random.key(0), jnp.linspace(-1, 1, 5), emb_size=8, num_heads=2, x_scale=0.0)
+    batch = GPPrior(RBF(), 0.1, 1).sample(jax.random.key(0), 2, 6)
+    for min_context in (6, -1):
+        with pytest.raises(ValueError, match="min_context"):
+            pfn_loss(small_pfn, batch, jax.random.key(1), min_context=min_context)

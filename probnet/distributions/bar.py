@@ -38,6 +38,20 @@ def bar_borders(samples: Float[Array, " S"], num_bars: int) -> Float[Array, " B1
     return borders
 
 
+def check_borders(borders) -> Float[Array, " B1"]:
+    """Return `borders` as an array, raising unless it is `[B + 1]` with B >= 2 and (when
+    concrete) finite and strictly increasing."""
+    borders = as_float_array(borders)
+    check_ndim("borders", borders, 1, "[B + 1]")
+    if borders.shape[0] < 3:
+        raise ValueError("borders must define at least 2 buckets")
+    if not is_traced(borders):
+        check_finite("borders", borders)
+        if not np.all(np.diff(np.asarray(borders)) > 0):
+            raise ValueError("borders must be strictly increasing")
+    return borders
+
+
 class BarDistribution(AbstractDistribution):
     """Piecewise-constant density on `borders` `[B + 1]` with bucket probabilities
     `softmax(logits)` (`logits` `[..., B]`).
@@ -52,14 +66,12 @@ class BarDistribution(AbstractDistribution):
     logits: Float[Array, "... B"] = eqx.field(converter=as_float_array)
 
     def __check_init__(self):
-        check_ndim("borders", self.borders, 1, "[B + 1]")
+        check_borders(self.borders)
         if jnp.shape(self.logits)[-1:] != (self.borders.shape[0] - 1,):
             raise ValueError(
                 f"logits must have shape [..., B] with B = len(borders) - 1 = "
                 f"{self.borders.shape[0] - 1}, got {jnp.shape(self.logits)}"
             )
-        if self.borders.shape[0] < 3:
-            raise ValueError("borders must define at least 2 buckets")
 
     @property
     def batch_shape(self):

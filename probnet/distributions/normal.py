@@ -79,8 +79,13 @@ class NormalMixture(AbstractDistribution):
 
     @property
     def batch_shape(self):
+        return self._shape[:-1]
+
+    @property
+    def _shape(self):
+        """`batch_shape + [K]`, with K broadcast over logits, loc and scale."""
         shapes = (jnp.shape(self.logits), jnp.shape(self.loc), jnp.shape(self.scale))
-        return jnp.broadcast_shapes(*shapes)[:-1]
+        return jnp.broadcast_shapes(*shapes)
 
     @property
     def log_weights(self) -> Float[Array, "... K"]:
@@ -94,7 +99,7 @@ class NormalMixture(AbstractDistribution):
     def sample(self, key: PRNGKeyArray, shape: tuple[int, ...] = ()):
         k1, k2 = jax.random.split(key)
         full = tuple(shape) + self.batch_shape
-        logits = jnp.broadcast_to(self.log_weights, full + (jnp.shape(self.loc)[-1],))
+        logits = jnp.broadcast_to(self.log_weights, tuple(shape) + self._shape)
         idx = jax.random.categorical(k1, logits, axis=-1)[..., None]
         loc = jnp.take_along_axis(jnp.broadcast_to(self.loc, logits.shape), idx, -1)[..., 0]
         scale = jnp.take_along_axis(jnp.broadcast_to(self.scale, logits.shape), idx, -1)[..., 0]

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from probnet._checks import check_finite
 from probnet.distributions.gmm import GMM
 
 __all__ = ["DistributionTransformer", "OBS_FEATURES"]
@@ -208,6 +209,7 @@ class DistributionTransformer(eqx.Module):
         mask = jnp.ones(y.shape[0], bool) if mask is None else jnp.asarray(mask, bool)
         if mask.shape != (y.shape[0],):
             raise ValueError(f"mask must have shape [N={y.shape[0]}], got {mask.shape}")
+        check_finite("y", jnp.where(mask[:, None], y, 0.0))  # observations in the mask
         loc, scale = self._frame(prior)
         num_obs = jnp.sum(mask.astype(prior.means.dtype))
         h = jax.vmap(self.component_embed)(self._component_features(prior, loc, scale, num_obs))

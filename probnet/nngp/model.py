@@ -37,6 +37,8 @@ from probnet._checks import (
     as_float_array,
     check_count,
     check_finite,
+    check_inputs_shape,
+    check_mask,
     check_ndim,
     check_positive,
     is_traced,
@@ -74,13 +76,18 @@ def _log_scale_density(log_s, prior, quad, num_obs, logdet_c):
 
 
 def _laplace(prior, quad, num_obs, logdet_c, num_steps: int = 30):
-    """Mode and curvature of the log-σ² posterior by damped Newton steps, started at the
-    maximum-likelihood value log(Q/n). Returns (mode, standard deviation)."""
+    """Mode and curvature of the log-σ² posterior by damped Newton steps, started at the best
+    of the maximum-likelihood value log(Q/n) and a grid of log σ² over [-30, 30] (Q/n alone
+    is no start without data, or with y ≈ 0, where the prior sets the scale).
+    Returns (mode, standard deviation)."""
     target = lambda s: _log_target(s, prior, quad, num_obs, logdet_c)
     grad = jax.grad(target)
     hess = jax.grad(grad)
     dtype = jnp.result_type(quad)
-    start = jnp.log(jnp.maximum(quad, jnp.finfo(dtype).tiny) / jnp.maximum(num_obs, 1.0))
+    fit = jnp.log(jnp.maximum(quad, jnp.finfo(dtype).tiny) / jnp.maximum(num_obs, 1.0))
+    starts = jnp.concatenate([fit[None], jnp.linspace(-30.0, 30.0, 61, dtype=dtype)])
+    values = jax.vmap(target)(starts)
+    start = starts[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
 
     def step(s, _):
         g, h = grad(s), hess(s)
@@ -213,6 +220,7 @@ class ScaleMixturePosterior(eqx.Module):
         `[M, C]`. Normal (NNGP), StudentT (inverse-gamma) or NormalMixture over σ² draws.
         `include_noise` gives the predictive of a noisy observation (σ²(k** − k*ᵀK̃⁻¹k* + ε)),
         otherwise of the latent output."""
+        x_target = check_inputs_shape("x_target", x_target, self.gp.x_context.shape[1])
         mean = self.mean(x_target)
         var = self.gp_variance(x_target, include_noise)
         if self.kind == "fixed":
@@ -223,17 +231,16 @@ class ScaleMixturePosterior(eqx.Module):
             scale2 = self._expand(var) * ratio if self.per_output else self._expand(var * ratio)
             df = 2 * post.concentration
             return StudentT(df, mean, jnp.sqrt(scale2))
-        if self.per_output:  # draws [C, S]
-            scale = jnp.sqrt(var[:, None, None] * jnp.exp(self.log_scale_draws))  # [M, C, S]
-            return NormalMixture(self.log_weights, mean[..., None], scale)
-        scale = jnp.sqrt(var[:, None] * jnp.exp(self.log_scale_draws))  # [M, S]
-        if not self.vector_targets:
-            scale = scale[:, None, :]
-        return NormalMixture(self.log_weights, mean[..., None], scale)
+        log_s, log_w = self.log_scale_draws, self.log_weights  # [S], or [C, S] per output
+        if self.per_output and self.vector_targets:
+            log_s, log_w = log_s[0], log_w[0]
+        scale = jnp.sqrt(self._expand(var)[..., None] * jnp.exp(log_s))  # [M, S] or [M, C, S]
+        return NormalMixture(log_w, mean[..., None], scale)
 
     def sample_scale(self, key: PRNGKeyArray, num_draws: int) -> Float[Array, " num_draws *C"]:
         """Draws of σ² from its posterior (resampled for weighted draws): `[num_draws]`, or
         `[num_draws, C]` with `per_output` (independent across outputs)."""
+        check_count("num_draws", num_draws)
         dtype = self.quad.dtype
         if self.kind == "fixed":
             return jnp.ones((num_draws,) + jnp.shape(self.quad), dtype)
@@ -619,24 +626,18 @@ class ScaleMixtureNNGP(eqx.Module):
         params, static = eqx.partition(self, spec)
         positive = jax.tree_util.tree_map(lambda v: bool(np.all(np.asarray(v) > 0)), params)
         raw = jax.tree_util.tree_map(lambda v, p: jnp.log(v) if p else v, params, positive)
-        noise = jnp.maximum(self.noise - min_noise, min_noise)
-        raw_noise = jnp.log(noise)
+        # the noise is held exactly when not fitted (None: no trainable leaf)
+        raw_noise = jnp.log(jnp.maximum(self.noise - min_noise, min_noise)) if fit_noise else None
         model = _fit(
             static, positive, raw, raw_noise, x, y, mask, key, method,
-            num_steps, float(learning_rate), bool(fit_noise), float(min_noise),
+            num_steps, float(learning_rate), float(min_noise),
         )  # fmt: skip
         return model
 
 
 def _mask(context_mask, n):
-    if context_mask is None:
-        return jnp.ones((n,), bool)
-    mask = jnp.asarray(context_mask)
-    if mask.shape != (n,) or mask.dtype != jnp.bool_:
-        raise ValueError(
-            f"context_mask must be a boolean array of shape [{n}], got {mask.dtype}{mask.shape}"
-        )
-    return mask
+    mask = check_mask("context_mask", context_mask, n)
+    return jnp.ones((n,), bool) if mask is None else mask
 
 
 @eqx.filter_jit
@@ -654,22 +655,18 @@ def _laplace_jit(prior, quad, num_obs, logdet_c):
 
 
 @eqx.filter_jit
-def _fit(
-    static, positive, raw, raw_noise, x, y, mask, key, method, num_steps, lr, fit_noise, floor
-):
+def _fit(static, positive, raw, raw_noise, x, y, mask, key, method, num_steps, lr, floor):
     def unpack(raw, raw_noise):
         params = jax.tree_util.tree_map(lambda v, p: jnp.exp(v) if p else v, raw, positive)
         model = eqx.combine(params, static)
-        noise = floor + jnp.exp(raw_noise)
-        return eqx.tree_at(lambda m: m.noise, model, noise)
+        if raw_noise is None:
+            return model
+        return eqx.tree_at(lambda m: m.noise, model, floor + jnp.exp(raw_noise))
 
     num_values = x.shape[0] if y.ndim == 1 else x.shape[0] * y.shape[1]
 
     def loss(trainable):
-        raw, raw_noise = trainable
-        if not fit_noise:
-            raw_noise = jax.lax.stop_gradient(raw_noise)
-        model = unpack(raw, raw_noise)
+        model = unpack(*trainable)
         return -model._log_evidence(x, y, mask, key, method) / num_values
 
     optimiser = optax.adam(lr)
@@ -677,9 +674,9 @@ def _fit(
     def step(carry, _):
         trainable, state = carry
         value, grad = jax.value_and_grad(loss)(trainable)
-        finite = jnp.isfinite(value) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grad)])
-        )
+        finite = jnp.isfinite(value)
+        for g in jax.tree_util.tree_leaves(grad):
+            finite = finite & jnp.all(jnp.isfinite(g))
         grad = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grad)
         updates, new_state = optimiser.update(grad, state, trainable)
         new = optax.apply_updates(trainable, updates)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probnet._checks import check_count
 from probnet.pfn.model import PFN
 from probnet.priors import Task
 
@@ -17,6 +18,12 @@ def pfn_loss(
     paper): the first k points of every task are context, the rest are targets.
     """
     num_points = batch.y.shape[-1]
+    check_count("min_context", min_context, 0)
+    if min_context >= num_points:
+        raise ValueError(
+            f"min_context must be < the number of points per task ({num_points}) so that "
+            f"targets remain, got {min_context}"
+        )
     k = jax.random.randint(key, (), min_context, num_points)
     mask = jnp.arange(num_points) < k
     logits = model.batch_logits(batch.x, batch.y, mask)

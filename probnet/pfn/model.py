@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from probnet._checks import as_float_array, check_count, check_finite, check_ndim
-from probnet.distributions import BarDistribution
+from probnet._checks import as_float_array, check_count, check_finite, check_ndim, check_positive
+from probnet.distributions.bar import BarDistribution, check_borders
 
 
 def _dense(key, fan_in, fan_out, shape_prefix=()):
@@ -207,8 +207,9 @@ class PFN(eqx.Module):
     ):
         check_count("num_features", num_features)
         check_count("num_layers", num_layers)
-        borders = check_finite("borders", as_float_array(borders))
-        check_ndim("borders", borders, 1, "[B + 1]")
+        borders = check_borders(borders)
+        x_scale = check_positive("x_scale", as_float_array(x_scale))
+        y_scale = check_positive("y_scale", as_float_array(y_scale))
         k = jax.random.split(key, 5)
         self.x_embed = _dense(k[0], num_features, emb_size)
         self.y_embed = _dense(k[1], 1, emb_size)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from probnet import gp
+from probnet._checks import check_data, check_mask
 from probnet.distributions import NormalMixture
 from probnet.kernels import RBF, AbstractParametrisedKernel
 from probnet.samplers.mcmc import nuts
@@ -199,20 +200,9 @@ class BayesianGP(eqx.Module):
 
 
 def _check_data(model: BayesianGP, x, y, context_mask):
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    if x.ndim != 2 or y.shape != x.shape[:1]:
-        raise ValueError(f"x must be [N, D] and y [N], got x {x.shape} and y {y.shape}")
-    if not (bool(jnp.all(jnp.isfinite(x))) and bool(jnp.all(jnp.isfinite(y)))):
-        raise ValueError("x and y must be finite")
+    x, y = check_data(x, y)
     model.kernel.check_features(x.shape[1])
-    if context_mask is not None:
-        context_mask = jnp.asarray(context_mask)
-        if context_mask.shape != y.shape or context_mask.dtype != jnp.bool_:
-            raise ValueError(
-                f"context_mask must be a boolean array of shape {y.shape}, got "
-                f"{context_mask.dtype}{context_mask.shape}"
-            )
-    return x, y, context_mask
+    return x, y, check_mask("context_mask", context_mask, x.shape[0])
 
 
 def gp_logdensity(

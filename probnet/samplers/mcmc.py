@@ -332,7 +332,7 @@ def nuts(
     num_devices: int | None = None,
     warn: bool = True,
 ) -> SamplerResult:
-    """Sample with BlackJAX NUTS after Stan-style window adaptation (per chain).
+    """Sample with BlackJAX NUTS after Stan-style window adaptation.
 
     Either `logdensity(position, *data) -> scalar` with `initial_position` (pytree, leaves
     `[num_chains, ...]`), or `model=` a NumPyro model with `model_args` / `model_kwargs`
@@ -397,7 +397,7 @@ def hmc(
     """Sample with BlackJAX HMC (`num_integration_steps` leapfrog steps per transition).
 
     Same arguments and result as `nuts`; the step size and mass matrix are adapted the same
-    way (Stan's windows, per chain).
+    way (Stan's windows, pooled over chains or per chain).
     """
     return _sample(
         AlgorithmSettings(
