@@ -203,6 +203,8 @@ def test_bad_input_names_the_argument():
     for weights in ([-1.0, 2.0], [jnp.nan, 1.0], [0.0, 0.0]):
         with pytest.raises(ValueError, match="weights"):
             MixturePrior([gp_prior(), gp_prior()], weights=jnp.array(weights))
+    with pytest.raises(ValueError, match="values must be finite"):
+        Discrete([float("nan"), 1.0])
     with pytest.raises(ValueError, match="noise_std"):
         BNNPrior(1, noise_std=float("nan"))
     with pytest.raises(ValueError, match="weight_std"):

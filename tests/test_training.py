@@ -270,6 +270,10 @@ def test_batch_function_source_and_config_errors():
         TrainerConfig(num_tasks=10, micro_batches=4)
     with pytest.raises(ValueError, match="trainer.optimizer must be one of"):
         TrainerConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"trainer.b2 must be in \[0, 1\)"):
+        TrainerConfig(b2=1.0)
+    with pytest.raises(ValueError, match="trainer.eps must be > 0"):
+        TrainerConfig(eps=0.0)
     with pytest.raises(ValueError, match="unknown trainer config keys"):
         Trainer(gaussian_nll, SineTasks(), {"stepz": 3})
     with pytest.raises(TypeError, match="sample_task"):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.scipy.special import gammainc, gammaincc, gammaln
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probnet._checks import as_float_array, check_positive, is_traced
+from probnet._checks import as_float_array, check_finite, check_positive, is_traced
 from probnet.distributions.base import AbstractDistribution
 
 
@@ -189,6 +189,8 @@ class Discrete(AbstractDistribution):
         if not is_traced(self.probs):
             if not (jnp.all(self.probs >= 0) and jnp.abs(jnp.sum(self.probs) - 1) < 1e-5):
                 raise ValueError(f"probs must be >= 0 and sum to 1, got {self.probs}")
+        if not is_traced(self.values):
+            check_finite("values", self.values)
 
     @property
     def batch_shape(self):

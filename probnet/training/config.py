@@ -75,6 +75,11 @@ class TrainerConfig:
             raise ValueError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.end_lr_ratio <= 1:
             raise ValueError(f"trainer.end_lr_ratio must be in [0, 1], got {self.end_lr_ratio}")
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ValueError(f"trainer.eps must be > 0, got {self.eps}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"trainer.clip_norm must be > 0 or null, got {self.clip_norm}")
         if self.num_tasks % self.micro_batches:
