@@ -181,6 +181,8 @@ def test_loss_filter_and_evaluation(x64):
     np.testing.assert_allclose(out["kl_dt_mean"], out["kl_prior_mean"], rtol=1e-6)
     assert out["kl_gaussian_mean"] < out["kl_prior_mean"]
     assert abs(out["kl_dt_reconstructed_prior_mean"]) < 1e-9
+    with pytest.raises(ValueError, match="nuts_problems"):
+        evaluate_posteriors(model, tasks, jax.random.key(8), num_problems=4, nuts_problems=5)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probnet._checks import check_count
 from probnet.distributions.gmm import GMM, fit_gmm, gmm_kl_divergence
 from probnet.dt.filtering import exact_filter, filter
 from probnet.linalg import cholesky
@@ -176,6 +177,14 @@ def evaluate_posteriors(
     """
     _check_prior(prior)
     num_points = _num_points(prior, num_points)
+    check_count("num_problems", num_problems)
+    check_count("batch_size", batch_size)
+    check_count("nuts_problems", nuts_problems, 0)
+    if nuts_problems > num_problems:
+        raise ValueError(
+            f"nuts_problems ({nuts_problems}) must be <= num_problems ({num_problems}): NUTS "
+            "runs on the first nuts_problems of the evaluated problems"
+        )
     k_tasks, k_scores, k_nuts = jax.random.split(key, 3)
     tasks = prior.sample(k_tasks, num_problems, num_points)
     keys = jax.random.split(k_scores, num_problems)

@@ -75,19 +75,20 @@ def _ess(x: np.ndarray) -> np.ndarray:
     nxt = max_t + 1
     has_next = nxt < num_pairs
     nxt_c = np.minimum(nxt, num_pairs - 1)
-    keep_even = positive.copy()
-    keep_even[rows[has_next], nxt_c[has_next]] = even[rows[has_next], nxt_c[has_next]] > 0
-    even = np.where(keep_even, even, 0.0)
+    # the even term of the first non-positive pair enters once, as it is (variance reduction
+    # for antithetic chains); the monotone step below does not touch it
+    extra = np.where(has_next, np.maximum(even[rows, nxt_c], 0.0), 0.0)
+    even = np.where(positive, even, 0.0)
 
-    # Geyer's initial monotone sequence: pair sums may not increase.
+    # Geyer's initial monotone sequence: the positive pairs' sums may not increase.
     pairs = even + odd
     running_min = np.minimum.accumulate(pairs, axis=1)
     previous_min = np.concatenate([pairs[:, :1], running_min[:, :-1]], axis=1)
-    increase = pairs > previous_min
+    increase = positive & (pairs > previous_min)
     even = np.where(increase, previous_min / 2.0, even)
     odd = np.where(increase, previous_min / 2.0, odd)
 
-    tau = -1.0 + 2.0 * (even + odd).sum(axis=1) - np.where(has_next, even[rows, nxt_c], 0.0)
+    tau = -1.0 + 2.0 * (even + odd).sum(axis=1) + extra
     total = num_chains * n
     tau = np.maximum(tau, 1.0 / np.log10(total))
     return np.where(degenerate, np.nan, total / tau)
@@ -111,11 +112,12 @@ def _average_ranks(flat: np.ndarray) -> np.ndarray:
 
 
 def _rank_normalise(x: np.ndarray) -> np.ndarray:
-    """Blom-normal scores of the pooled average ranks, per component (`[k, chains, samples]`)."""
+    """Blom-normal scores of the pooled average ranks, per component (`[k, chains, samples]`);
+    NaN for a component with a non-finite draw (sorting would rank a NaN as the largest)."""
     k, c, s = x.shape
     ranks = _average_ranks(x.reshape(k, c * s))
-    z = scipy.special.ndtri((ranks - 0.375) / (c * s + 0.25))
-    return z.reshape(k, c, s)
+    z = scipy.special.ndtri((ranks - 0.375) / (c * s + 0.25)).reshape(k, c, s)
+    return np.where(np.all(np.isfinite(x), axis=(1, 2))[:, None, None], z, np.nan)
 
 
 def _rhat_raw(x: np.ndarray) -> np.ndarray:

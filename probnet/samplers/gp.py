@@ -87,7 +87,8 @@ class GammaPrior(AbstractHyperprior):
         )
 
     def sample_log(self, key, shape):
-        return jnp.log(jax.random.gamma(key, self.concentration, shape) / self.rate)
+        # loggamma: log of a gamma draw without underflow for small concentrations
+        return jax.random.loggamma(key, self.concentration, shape) - jnp.log(self.rate)
 
 
 class BayesianGP(eqx.Module):

@@ -195,6 +195,9 @@ def _sample(
         raise ValueError(f"target_acceptance_rate must be in (0, 1), got {target_acceptance_rate}")
     if not (math.isfinite(float(initial_step_size)) and float(initial_step_size) > 0.0):
         raise ValueError(f"initial_step_size must be > 0, got {initial_step_size}")
+    threshold = algorithm.divergence_threshold
+    if not (math.isfinite(threshold) and threshold > 0.0):
+        raise ValueError(f"divergence_threshold must be finite and > 0, got {threshold}")
     key = _check_key(key)
     devices = _num_devices(num_devices, num_chains)
 
