@@ -110,6 +110,11 @@ def test_nll_by_context_rejects_bad_context_sizes():
         nll_by_context(
             model, prior, jax.random.key(1), num_datasets=2, num_points=8, context_sizes=(8,)
         )
+    for sizes in ((2.5,), ()):
+        with pytest.raises(ValueError, match="context_sizes must be a non-empty list of integers"):
+            nll_by_context(
+                model, prior, jax.random.key(1), num_datasets=2, num_points=8, context_sizes=sizes
+            )
     with pytest.raises(ValueError, match="nuts_context_sizes"):
         nll_by_context(
             model,

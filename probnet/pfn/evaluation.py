@@ -99,6 +99,8 @@ def nll_by_context(
     """
     max_context = num_points - 1 if max_context is None else max_context
     ks = np.arange(1, max_context + 1) if context_sizes is None else np.asarray(context_sizes)
+    if ks.ndim != 1 or ks.size == 0 or not np.issubdtype(ks.dtype, np.integer):
+        raise ValueError(f"context_sizes must be a non-empty list of integers, got {ks.tolist()}")
     if ks.min() < 0 or ks.max() >= num_points:
         raise ValueError(f"context sizes must lie in [0, {num_points - 1}], got {ks.tolist()}")
     tasks = prior.sample(key, num_datasets, num_points)
