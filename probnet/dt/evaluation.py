@@ -180,6 +180,7 @@ def evaluate_posteriors(
     check_count("num_problems", num_problems)
     check_count("batch_size", batch_size)
     check_count("nuts_problems", nuts_problems, 0)
+    check_count("timing_repeats", timing_repeats, 0)
     if nuts_problems > num_problems:
         raise ValueError(
             f"nuts_problems ({nuts_problems}) must be <= num_problems ({num_problems}): NUTS "
@@ -334,8 +335,8 @@ def evaluate_filtering(
     kl_dt, kl_gauss = np.asarray(kl_dt), np.asarray(kl_gauss)
     out: dict[str, float] = {"num_sequences": float(num_sequences)}
     for t in range(num_steps):
-        out[f"kl_step{t + 1}_mean"] = float(kl_dt[:, t].mean())
-        out[f"kl_step{t + 1}_sem"] = float(kl_dt[:, t].std(ddof=1) / np.sqrt(num_sequences))
+        step = _summary(kl_dt[:, t])
+        out[f"kl_step{t + 1}_mean"], out[f"kl_step{t + 1}_sem"] = step["mean"], step["sem"]
         out[f"kl_gaussian_step{t + 1}_mean"] = float(kl_gauss[:, t].mean())
     out["kl_max_step_mean"] = max(out[f"kl_step{t + 1}_mean"] for t in range(num_steps))
 
