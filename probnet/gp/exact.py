@@ -155,7 +155,9 @@ def sample_prior(
     x = check_inputs_shape("x", x)
     kernel.check_features(x.shape[1])
     check_count("num_samples", num_samples)
-    noise_variance = check_positive("noise_variance", as_float_array(noise_variance), True)
+    noise_variance = check_positive(
+        "noise_variance", as_float_array(noise_variance), allow_zero=True
+    )
     cov = kernel(x, x) + noise_variance * jnp.eye(x.shape[0], dtype=x.dtype)
     chol = cholesky(cov)
     eps = jax.random.normal(key, (num_samples, x.shape[0]), x.dtype)
