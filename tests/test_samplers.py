@@ -398,6 +398,22 @@ def test_error_bad_arguments(kwargs, match):
         nuts(vector_logdensity, np.zeros((4, 2), np.float32), **args)
 
 
+def test_program_caches_are_bounded():
+    """Compiled programs (and the initial-position checks) are kept in LRU caches: a loop
+    over new log densities does not grow memory without bound."""
+    import collections
+
+    from probnet.samplers.program import _MAX_CACHED_PROGRAMS, cached
+
+    cache, built = collections.OrderedDict(), []
+    for i in range(_MAX_CACHED_PROGRAMS + 6):
+        assert cached(cache, i, lambda i=i: built.append(i) or i) == i
+    assert len(cache) == _MAX_CACHED_PROGRAMS and 0 not in cache
+    assert cached(cache, 6, lambda: -1) == 6 and len(built) == _MAX_CACHED_PROGRAMS + 6
+    cached(cache, "new", lambda: 0)
+    assert 6 in cache and 7 not in cache  # 6 was used last, so 7 went first
+
+
 # ----------------------------------------------------------------------------- diagnostics
 
 

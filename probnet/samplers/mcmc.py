@@ -17,6 +17,7 @@ a new closure (e.g. a lambda built per call) is a new function and compiles agai
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 import warnings
@@ -31,14 +32,14 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from probnet.samplers import diagnostics
 from probnet.samplers.kernels import AlgorithmSettings
 from probnet.samplers.numpyro_models import numpyro_target
-from probnet.samplers.program import FunctionKey, ProgramSettings, get_program
+from probnet.samplers.program import FunctionKey, ProgramSettings, cached, get_program
 from probnet.samplers.progress import progress_bar as open_progress_bar
 from probnet.samplers.result import SamplerResult
 
 __all__ = ["hmc", "nuts"]
 
 _RHAT_WARNING = 1.01
-_check_programs: dict[Any, Callable] = {}
+_check_programs: collections.OrderedDict[Any, Callable] = collections.OrderedDict()
 
 
 class LogDensityTarget(NamedTuple):
@@ -115,19 +116,17 @@ def _as_data(data: Any, name: str) -> tuple:
 
 def _check_logdensity_at(logdensity: Callable, key: Any, position: PyTree, data: tuple) -> None:
     """Evaluate the log density and its gradient at every chain's initial position."""
-    check = _check_programs.get(key)
-    if check is None:
 
-        def value(p, data):
-            out = logdensity(p, *data)
-            if jnp.shape(out) != ():
-                raise ValueError(
-                    f"logdensity must return a scalar for one position, got shape {jnp.shape(out)}"
-                )
-            return out
+    def value(p, data):
+        out = logdensity(p, *data)
+        if jnp.shape(out) != ():
+            raise ValueError(
+                f"logdensity must return a scalar for one position, got shape {jnp.shape(out)}"
+            )
+        return out
 
-        check = jax.jit(jax.vmap(jax.value_and_grad(value), in_axes=(0, None)))
-        _check_programs[key] = check
+    make = lambda: jax.jit(jax.vmap(jax.value_and_grad(value), in_axes=(0, None)))  # noqa: E731
+    check = cached(_check_programs, key, make)
     values, grads = check(position, data)
     finite_grad = np.all(
         [

@@ -294,15 +294,19 @@ class Program:
 _PROGRAMS: collections.OrderedDict[Hashable, Program] = collections.OrderedDict()
 
 
+def cached(cache: collections.OrderedDict, key: Hashable, make: Callable[[], Any]) -> Any:
+    """`cache[key]`, built by `make()` when missing; the cache keeps the newest
+    `_MAX_CACHED_PROGRAMS` entries (least recently used dropped first)."""
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+        while len(cache) > _MAX_CACHED_PROGRAMS:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return value
+
+
 def get_program(target: Target, settings: ProgramSettings) -> Program:
     """The cached program for `(target.cache_key, settings)` (LRU of 64 programs)."""
-    cache_key = (target.cache_key, settings)
-    program = _PROGRAMS.get(cache_key)
-    if program is None:
-        program = Program(target, settings)
-        _PROGRAMS[cache_key] = program
-        while len(_PROGRAMS) > _MAX_CACHED_PROGRAMS:
-            _PROGRAMS.popitem(last=False)
-    else:
-        _PROGRAMS.move_to_end(cache_key)
-    return program
+    return cached(_PROGRAMS, (target.cache_key, settings), lambda: Program(target, settings))
