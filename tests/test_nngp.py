@@ -2,6 +2,8 @@
 the Student-t process against the multivariate t, importance sampling and NUTS against the
 closed form, classification probabilities, fitting, and input validation."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -398,6 +400,19 @@ def test_importance_sampling_where_the_prior_sets_the_scale():
     latent = burr.predict(x, jnp.array([1.0]), xt, key=key, context_mask=empty, include_noise=False)
     prior_var = float(jnp.mean(prior_draws)) * float(kernel(xt, xt)[0, 0])
     np.testing.assert_allclose(latent.variance, prior_var, rtol=0.05)
+    # draws from the prior, far from a posterior at scale 1e8: a warning and the weights'
+    # effective sample size say so; the Laplace proposal keeps most draws
+    xs = jax.random.normal(key, (40, 2))
+    ys = 1e4 * jnp.sin(xs[:, 0])
+    for proposal in ("prior", "laplace"):
+        model = ScaleMixtureNNGP(
+            kernel, InverseGamma(3.0, 2.0), 0.1, inference="importance", proposal=proposal
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ess = float(model.condition(xs, ys, key=key).effective_sample_size)
+        warned = any("effective draws" in str(w.message) for w in caught)
+        assert (ess < 10 and warned) if proposal == "prior" else (ess > 500 and not warned)
 
 
 def test_mixture_predictive_samples_match_its_moments():

@@ -24,6 +24,7 @@ probabilities come from `ScaleMixturePosterior.class_probabilities`.
 """
 
 import math
+import warnings
 
 import equinox as eqx
 import jax
@@ -58,6 +59,7 @@ __all__ = ["ScaleMixtureNNGP", "ScaleMixturePosterior"]
 
 _INFERENCE = ("auto", "fixed", "closed_form", "importance", "nuts")
 _LOG_2PI = math.log(2 * math.pi)
+_MIN_IMPORTANCE_ESS = 10.0  # warn below this many effective σ² draws
 
 
 def _gaussian_loglik(log_s, quad, num_obs, logdet_c):
@@ -209,6 +211,15 @@ class ScaleMixturePosterior(eqx.Module):
     def gp_variance(self, x_target: Float[Array, "M D"], include_noise: bool = True):
         """The NNGP predictive variance at σ² = 1, `[M]` (shared by all outputs)."""
         return self.gp.variance(x_target, include_noise)
+
+    @property
+    def effective_sample_size(self) -> Float[Array, " *C"] | None:
+        """Kish's effective sample size 1/Σw² of the weighted σ² draws, `[]` or `[C]` (None
+        for the closed-form and fixed posteriors). Far below the number of draws means the
+        importance-sampling proposal missed the posterior of σ²."""
+        if self.log_weights is None:
+            return None
+        return jnp.exp(-jax.nn.logsumexp(2 * self.log_weights, axis=-1))
 
     def _expand(self, v):
         return v if self.vector_targets else v[:, None]
@@ -538,7 +549,17 @@ class ScaleMixtureNNGP(eqx.Module):
         key = self._needs_key(key)
         if self.method == "nuts":
             return self._nuts_posterior(x, y, mask, key)
-        return _posterior_jit(self, x, y, mask, key, self.method)
+        post = _posterior_jit(self, x, y, mask, key, self.method)
+        if self.method == "importance" and not is_traced(post.log_weights):
+            ess = float(jnp.min(post.effective_sample_size))
+            if ess < _MIN_IMPORTANCE_ESS:
+                warnings.warn(
+                    f"importance sampling over σ² kept {ess:.1f} effective draws of "
+                    f"{self.num_samples}: the estimate is unreliable (proposal="
+                    f"{self.proposal!r}; the Laplace proposal or more num_samples may help)",
+                    stacklevel=2,
+                )
+        return post
 
     def predict(
         self,
