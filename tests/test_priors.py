@@ -203,6 +203,9 @@ def test_bad_input_names_the_argument():
     for weights in ([-1.0, 2.0], [jnp.nan, 1.0], [0.0, 0.0]):
         with pytest.raises(ValueError, match="weights"):
             MixturePrior([gp_prior(), gp_prior()], weights=jnp.array(weights))
+    for noise_prior in (Uniform(-1.0, -0.5), Discrete([-0.1, 0.3])):
+        with pytest.raises(ValueError, match="noise_prior must put no mass on values <= 0"):
+            GPPrior(RBF(), 0.1, 1, noise_prior=noise_prior)
     with pytest.raises(ValueError, match="values must be finite"):
         Discrete([float("nan"), 1.0])
     with pytest.raises(ValueError, match="noise_std"):

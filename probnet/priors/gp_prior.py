@@ -24,6 +24,17 @@ _HYPER = {"lengthscale": "lengthscale_prior", "variance": "variance_prior"}
 _CPU_LOOP_CHOLESKY = 128
 
 
+def _mass_at_or_below_zero(prior):
+    """P(θ <= 0) of a concrete hyperprior with a cdf; None when it cannot be checked."""
+    if prior is None:
+        return None
+    try:
+        mass = prior.cdf(0.0)
+    except NotImplementedError:
+        return None
+    return None if is_traced(mass) else mass
+
+
 class GPPrior(AbstractPrior):
     """Tasks y = f(x) + ε with f ~ GP(0, kernel), ε ~ N(0, noise_variance), x ~ `inputs`.
 
@@ -53,6 +64,13 @@ class GPPrior(AbstractPrior):
                 raise ValueError(
                     f"{prior_name} needs a kernel with a {field!r} parameter, got "
                     f"{type(self.kernel).__name__}"
+                )
+        for prior_name in (*_HYPER.values(), "noise_prior"):
+            mass = _mass_at_or_below_zero(getattr(self, prior_name))
+            if mass is not None and np.any(np.asarray(mass) > 0):
+                raise ValueError(
+                    f"{prior_name} must put no mass on values <= 0 (they are scales), but "
+                    f"P(<= 0) = {np.asarray(mass)}"
                 )
 
     def _hyperpriors(self):
