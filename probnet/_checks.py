@@ -41,7 +41,7 @@ def check_positive(name: str, x, allow_zero: bool = False):
 def check_covariance(name: str, x, definite: bool = True):
     """Return `x`, raising unless the (concrete) matrices `[..., d, d]` are finite, symmetric and
     positive definite (semi-definite with `definite=False`), to float rounding."""
-    x = jnp.asarray(x)
+    x = as_float_array(x)
     if is_traced(x):
         return x
     value = np.asarray(x, np.float64)

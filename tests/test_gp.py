@@ -149,6 +149,8 @@ def test_bad_input_names_the_argument():
         gp.fit_hyperparameters(k, 0.1, x, y, num_steps=0)
     with pytest.raises(ValueError, match="noise_variance"):
         gp.fit_hyperparameters(k, -1.0, x, y, num_steps=5)
+    noise = gp.fit_hyperparameters(k, 0.0, x, y, num_steps=5, min_noise_variance=0.0)[1]
+    assert np.isfinite(float(noise))  # zero start and zero floor are valid
     with pytest.raises(ValueError, match="learning_rate"):
         gp.fit_hyperparameters(k, 0.1, x, y, num_steps=5, learning_rate=-0.1)
     with pytest.raises(ValueError, match="lengthscale"):

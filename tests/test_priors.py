@@ -212,6 +212,7 @@ def test_bad_input_names_the_argument():
         BNNPrior(1, noise_std=float("nan"))
     with pytest.raises(ValueError, match="weight_std"):
         BNNPrior(1, weight_std=-1.0)
+    assert np.all(np.isfinite(BNNPrior(1, noise_std=0.0).sample(jax.random.key(0), 2, 4).y))
     with pytest.raises(ValueError, match=r"context_mask must be a boolean array of shape \[3\]"):
         LinearPrior(1).predictive(
             jnp.ones((3, 1)), jnp.ones(3), jnp.ones((2, 1)), jnp.ones(1, bool)

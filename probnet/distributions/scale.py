@@ -72,10 +72,12 @@ class StudentT(_Scalar):
     def _standard_cdf(self, z):
         # tails from I_{ν/(ν+z²)}(ν/2, ½); near the centre, where ν/(ν+z²) rounds to 1, from
         # the complementary I_{z²/(ν+z²)}(½, ν/2)
-        nu = self.df
-        tail = 0.5 * betainc(0.5 * nu, 0.5, nu / (nu + z**2))
-        centre = 0.5 * betainc(0.5, 0.5 * nu, z**2 / (nu + z**2))
-        return jnp.where(z**2 < nu, 0.5 + jnp.sign(z) * centre, jnp.where(z > 0, 1.0 - tail, tail))
+        # (each branch gets a harmless input where it is not used, so its infinite derivative
+        # there cannot turn gradients into NaN)
+        nu, near = self.df, z**2 < self.df
+        tail = 0.5 * betainc(0.5 * nu, 0.5, jnp.where(near, 0.5, nu / (nu + z**2)))
+        centre = 0.5 * betainc(0.5, 0.5 * nu, jnp.where(near, z**2 / (nu + z**2), 0.5))
+        return jnp.where(near, 0.5 + jnp.sign(z) * centre, jnp.where(z > 0, 1.0 - tail, tail))
 
     def cdf(self, value):
         return self._standard_cdf(self._z(value))

@@ -30,11 +30,13 @@ def fit_hyperparameters(
     """
     check_count("num_steps", num_steps)
     check_positive("learning_rate", learning_rate)
-    check_positive("min_noise_variance", min_noise_variance)
+    check_positive("min_noise_variance", min_noise_variance, allow_zero=True)
     x, y = check_data(x, y)
     kernel.check_features(x.shape[1])
     mask = check_mask("context_mask", context_mask, x.shape[0])
-    noise_variance = check_positive("noise_variance", as_float_array(noise_variance))
+    noise_variance = check_positive(
+        "noise_variance", as_float_array(noise_variance), allow_zero=True
+    )
     params, static = eqx.partition(kernel, eqx.is_inexact_array)
     log_params = jax.tree_util.tree_map(jnp.log, params)
     log_noise = jnp.log(jnp.maximum(noise_variance - min_noise_variance, min_noise_variance))

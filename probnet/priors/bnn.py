@@ -63,7 +63,7 @@ class BNNPrior(AbstractPrior):
         for name in ("weight_std", "noise_std"):
             value = getattr(self, name)
             if not isinstance(value, AbstractDistribution) and not is_traced(value):
-                check_positive(name, value)
+                check_positive(name, value, allow_zero=name == "noise_std")  # noise-free is fine
 
     def sample_task(self, key: PRNGKeyArray, num_points: int) -> Task:
         keys = jax.random.split(key, 8)
