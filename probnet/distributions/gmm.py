@@ -111,7 +111,8 @@ class GMM(eqx.Module):
         means: Float[Array, "K d"],
         covariances: Float[Array, "K d d"],
     ) -> "GMM":
-        """A mixture from weights, means and covariance matrices (factorised here)."""
+        """A mixture from weights, means and covariance matrices `[K, d, d]` (symmetric positive
+        definite; factorised here)."""
         covariances = as_float_array(covariances)
         check_ndim("covariances", covariances, 3, "[K, d, d]")
         check_covariance("covariances", covariances)

@@ -214,9 +214,10 @@ class ScaleMixturePosterior(eqx.Module):
 
     @property
     def effective_sample_size(self) -> Float[Array, " *C"] | None:
-        """Kish's effective sample size 1/Σw² of the weighted σ² draws, `[]` or `[C]` (None
-        for the closed-form and fixed posteriors). Far below the number of draws means the
-        importance-sampling proposal missed the posterior of σ²."""
+        """Kish's effective sample size 1/Σw² of the importance weights of the σ² draws, `[]`
+        or `[C]` (None for the closed-form and fixed posteriors; for NUTS, whose draws are
+        equally weighted, it is their count, not an autocorrelation-aware ESS). Far below the
+        number of draws means the importance-sampling proposal missed the posterior of σ²."""
         if self.log_weights is None:
             return None
         return jnp.exp(-jax.nn.logsumexp(2 * self.log_weights, axis=-1))
