@@ -28,12 +28,11 @@ def check_positive(name: str, x, allow_zero: bool = False):
     """Return `x`, raising unless every entry is finite and > 0 (>= 0 with `allow_zero`)."""
     x = jnp.asarray(x)
     bound = ">= 0" if allow_zero else "> 0"
+    in_range = (lambda v: v >= 0) if allow_zero else (lambda v: v > 0)
     if is_traced(x):
-        bad = ~jnp.all(x >= 0) if allow_zero else ~jnp.all(x > 0)
-        return eqx.error_if(x, bad, f"{name} must be {bound}")
+        return eqx.error_if(x, ~jnp.all(in_range(x)), f"{name} must be {bound}")
     value = np.asarray(x)
-    ok = value >= 0 if allow_zero else value > 0
-    if not np.all(ok) or not np.all(np.isfinite(value)):
+    if not np.all(in_range(value)) or not np.all(np.isfinite(value)):
         raise ValueError(f"{name} must be finite and {bound}, got {value}")
     return x
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probnet._checks import as_float_array, is_traced
+from probnet._checks import as_float_array, check_positive, is_traced
 from probnet.priors.base import AbstractPrior, Task
 
 
@@ -34,11 +34,9 @@ class MixturePrior(AbstractPrior):
                 f"weights must have shape [{len(self.priors)}], got {jnp.shape(self.weights)}"
             )
         if not is_traced(self.weights):
-            weights = np.asarray(self.weights)
-            if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
-                raise ValueError(
-                    f"weights must be finite, >= 0 and not all zero, got {weights.tolist()}"
-                )
+            check_positive("weights", self.weights, allow_zero=True)
+            if not np.sum(np.asarray(self.weights)) > 0:
+                raise ValueError("weights must not all be zero")
 
     def sample_task(self, key: PRNGKeyArray, num_points: int) -> Task:
         k_choice, *keys = jax.random.split(key, len(self.priors) + 1)
