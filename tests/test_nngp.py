@@ -379,6 +379,20 @@ def test_per_output_scales_are_independent_t_processes(x64):
 # Fitting, distributions, composition, validation.
 
 
+def test_student_t_evidence_in_float32_as_the_prior_tightens(regression_data):
+    """A tight inverse-gamma prior (α → ∞, β/α = 0.8) tends to the NNGP with σ² = 0.8; in
+    float32 the closed-form log-evidence must follow (the plain log-gamma differences were off
+    by 0.6 nats at α = 1e6 and 204 nats at α = 1e8)."""
+    x, y = (np.asarray(a, np.float32) for a in regression_data[:2])
+    gram = np.asarray(KERNEL(x.astype(np.float64), x.astype(np.float64))) + 0.05 * np.eye(len(x))
+    for alpha in (2.0, 1e6, 1e8):
+        model = ScaleMixtureNNGP(KERNEL, InverseGamma(alpha, 0.8 * alpha), 0.05)
+        got = model.log_marginal_likelihood(jnp.asarray(x), jnp.asarray(y))
+        assert got.dtype == jnp.float32
+        t = scipy.stats.multivariate_t(np.zeros(len(x)), 0.8 * gram, df=2 * alpha)
+        assert float(got) == pytest.approx(t.logpdf(y.astype(np.float64)), abs=2e-3)
+
+
 def test_importance_sampling_where_the_prior_sets_the_scale():
     """With y ≈ 0 or no context the data say nothing about σ²: importance sampling and NUTS
     must still find the posterior (a start at log(Q/n) alone sat 50 nats away and gave a
@@ -515,6 +529,7 @@ def test_scale_distributions_match_scipy(x64):
     q = np.array([0.01, 0.3, 0.5, 0.99])
     cases = [
         (StudentT(3.5, 0.2, 1.3), scipy.stats.t(3.5, 0.2, 1.3), np.array([-30, -1.0, 0.2, 5])),
+        (StudentT(1e6, 0.2, 1.3), scipy.stats.t(1e6, 0.2, 1.3), np.array([-9, -1.0, 0.2, 5])),
         (BurrXII(2.0, 1.5, 0.7), scipy.stats.burr12(2.0, 1.5, scale=0.7), v),
         (HalfCauchy(1.5), scipy.stats.halfcauchy(scale=1.5), v),
         (LogNormal(0.3, 0.8), scipy.stats.lognorm(0.8, scale=np.exp(0.3)), v),
@@ -531,18 +546,21 @@ def test_scale_distributions_match_scipy(x64):
     assert np.isinf(StudentT(2.0, 0.0, 1.0).variance) and np.isnan(StudentT(1.0, 0, 1).mean)
 
 
-def test_student_t_cdf_near_the_centre_in_float32():
+def test_student_t_cdf_in_float32():
     """ν/(ν+z²) rounds to 1 near z = 0 in float32; the cdf must still rise through 0.5 there
-    (it was flat, and off by 4e-4 at ν = 358)."""
-    z = np.array([-0.1, -1e-3, 1e-4, 1e-2, 0.5, 1.0], np.float32)
-    for df in (4.0, 358.0):
+    (it was flat, and off by 4e-4 at ν = 358). The incomplete beta loses digits as ν grows
+    (3.5e-4 at ν = 1e4, 2.7e-2 at ν = 1e6): large ν go through Hill's normal transform."""
+    z = np.array([-6.0, -0.1, -1e-3, 0.0, 1e-4, 1e-2, 0.5, 1.0, 4.0], np.float32)
+    for df in (4.0, 358.0, 1e4, 1e6):
         dist = StudentT(df, 0.0, 1.0)
         assert dist.cdf(z).dtype == jnp.float32
-        np.testing.assert_allclose(dist.cdf(z), scipy.stats.t.cdf(z, df), atol=2e-5)
+        np.testing.assert_allclose(dist.cdf(z), scipy.stats.t.cdf(z, df), rtol=1e-5, atol=5e-7)
         assert abs(float(dist.quantile(0.5))) < 1e-5
-        # the branch not taken cannot leak a NaN into the gradient, which is the density
-        grads = jax.vmap(jax.grad(dist.cdf))(jnp.asarray(z[2:]))
-        np.testing.assert_allclose(grads, scipy.stats.t.pdf(z[2:], df), rtol=1e-4)
+        q = np.array([0.01, 0.3, 0.9], np.float32)
+        np.testing.assert_allclose(dist.quantile(q), scipy.stats.t.ppf(q, df), rtol=1e-5)
+        # no branch leaks a NaN into the gradient, which is the density (also at z = 0)
+        grads = jax.vmap(jax.grad(dist.cdf))(jnp.asarray(z))
+        np.testing.assert_allclose(grads, scipy.stats.t.pdf(z, df), rtol=1e-4, atol=1e-9)
     assert np.isinf(BurrXII(1.0, 0.5).mean)
 
 

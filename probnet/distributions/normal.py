@@ -97,12 +97,23 @@ class NormalMixture(AbstractDistribution):
         return jax.nn.logsumexp(self.log_weights + comp, axis=-1)
 
     def sample(self, key: PRNGKeyArray, shape: tuple[int, ...] = ()):
+        # components by inverting the cumulative weights (O(log K) per draw, where Gumbel-max
+        # over all K components cost O(K))
         k1, k2 = jax.random.split(key)
-        full = tuple(shape) + self.batch_shape
-        logits = jnp.broadcast_to(self.log_weights, tuple(shape) + self._shape)
-        idx = jax.random.categorical(k1, logits, axis=-1)[..., None]
-        loc = jnp.take_along_axis(jnp.broadcast_to(self.loc, logits.shape), idx, -1)[..., 0]
-        scale = jnp.take_along_axis(jnp.broadcast_to(self.scale, logits.shape), idx, -1)[..., 0]
+        shape, num_components = tuple(shape), self._shape[-1]
+        size, full = math.prod(shape), shape + self.batch_shape
+        cum = jnp.cumsum(jnp.exp(self.log_weights), axis=-1)
+        cum = jnp.broadcast_to(cum, self._shape).reshape(-1, num_components)  # [B, K]
+        u = jax.random.uniform(k1, (cum.shape[0], size), cum.dtype) * cum[:, -1:]
+        idx = jax.vmap(lambda c, v: jnp.searchsorted(c, v, side="right"))(cum, u)
+        idx = jnp.minimum(idx, num_components - 1)  # [B, size]
+
+        def pick(param):
+            flat = jnp.broadcast_to(param, self._shape).reshape(-1, num_components)
+            chosen = jnp.take_along_axis(flat, idx, axis=-1)  # [B, size]
+            return jnp.moveaxis(chosen, 0, -1).reshape(full)
+
+        loc, scale = pick(self.loc), pick(self.scale)
         return loc + scale * jax.random.normal(k2, full, loc.dtype)
 
     @property
@@ -111,9 +122,10 @@ class NormalMixture(AbstractDistribution):
 
     @property
     def variance(self):
+        # centred on the mean: E[x²] − E[x]² loses everything when |loc| ≫ scale
         w = jnp.exp(self.log_weights)
-        second = jnp.sum(w * (self.scale**2 + self.loc**2), axis=-1)
-        return jnp.maximum(second - self.mean**2, 0.0)
+        centred = self.loc - self.mean[..., None]
+        return jnp.sum(w * (self.scale**2 + centred**2), axis=-1)
 
     def cdf(self, value):
         z = (jnp.asarray(value)[..., None] - self.loc) / self.scale
