@@ -27,7 +27,7 @@ CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1000, help="a multiple of 50")
     parser.add_argument("--num-datasets", type=int, default=200)
     parser.add_argument("--out", default="outputs/demo")
     args = parser.parse_args()
@@ -38,6 +38,9 @@ def main():
             "config",
             overrides=["experiment=pfn_gp", f"trainer.steps={args.steps}", "trainer.resume=false"],
         )
+    per_call = cfg.trainer.steps_per_call
+    if args.steps <= 0 or args.steps % per_call:
+        parser.error(f"--steps must be a positive multiple of {per_call} (steps per compiled call)")
     run_dir = os.path.join(args.out, "run")
     if os.path.isdir(run_dir):
         import shutil

@@ -194,7 +194,7 @@ def run_regression(cfg, run_dir):
                 row["seconds"],
             )  # fmt: skip
     summary = _regression_summary(results, list(cfg.models), pointwise)
-    _plot_regression(results, summary, list(cfg.models), run_dir)
+    _plot_regression(results, summary, _legend_labels(cfg), run_dir)
     return {"per_split": results, "summary": summary}
 
 
@@ -241,13 +241,18 @@ def _regression_summary(results, names, pointwise=None):
     return summary
 
 
+def _legend_labels(cfg) -> dict[str, str]:
+    """Each model's `label` from its config (its group name without one)."""
+    return {name: model.get("label") or name for name, model in cfg.models.items()}
+
+
 def _plot_regression(results, summary, names, run_dir):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, label in zip(axes, ("clean", "outliers"), strict=True):
         for name in names:
             if name == "nngp" or f"{label}_nll_minus_nngp" not in summary.get(name, {}):
                 continue
-            ax.plot(summary[name][f"{label}_nll_minus_nngp"], "o-", label=name)
+            ax.plot(summary[name][f"{label}_nll_minus_nngp"], "o-", label=names[name])
         ax.axhline(0, color="k", lw=0.8)
         ax.set_title(f"diabetes, {label} test targets")
         ax.set_xlabel("split")
@@ -319,7 +324,7 @@ def run_classification(cfg, run_dir):
             x_te = prep(ims)
             probs = np.asarray(
                 class_probabilities(
-                    post, jax.random.key(1), x_te, task.num_scale_draws, task.num_nodes
+                    post, jax.random.key(cfg.seed + 1), x_te, task.num_scale_draws, task.num_nodes
                 ),
                 np.float64,
             )
@@ -352,19 +357,20 @@ def run_classification(cfg, run_dir):
             summary[name]["corruptions_with_better_nll"] = [
                 s for s in test_sets if s != "clean" and summary[name][f"{s}_nll_minus_nngp"] < 0
             ]
-    _plot_classification(results, list(test_sets), run_dir)
-    _plot_reliability(all_probs, y_te, task.ece_bins, run_dir)
+    names = _legend_labels(cfg)
+    _plot_classification(results, list(test_sets), names, run_dir)
+    _plot_reliability(all_probs, y_te, task.ece_bins, names, run_dir)
     return {"per_model": results, "summary": summary, "num_test": int(len(y_te))}
 
 
-def _plot_classification(results, set_names, run_dir):
+def _plot_classification(results, set_names, labels, run_dir):
     names = list(results)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     width = 0.8 / len(names)
     for ax, metric in zip(axes, ("nll", "accuracy", "ece"), strict=True):
         for i, name in enumerate(names):
             values = [results[name][s][metric] for s in set_names]
-            ax.bar(np.arange(len(set_names)) + i * width, values, width, label=name)
+            ax.bar(np.arange(len(set_names)) + i * width, values, width, label=labels[name])
         ax.set_xticks(np.arange(len(set_names)) + 0.4 - width / 2, set_names, rotation=20)
         ax.set_title(f"digits: {metric}")
     axes[0].legend()
@@ -373,7 +379,7 @@ def _plot_classification(results, set_names, run_dir):
     plt.close(fig)
 
 
-def _plot_reliability(all_probs, labels, num_bins, run_dir):
+def _plot_reliability(all_probs, classes, num_bins, legend, run_dir):
     names = list(all_probs)
     set_names = list(next(iter(all_probs.values())))
     fig, axes = plt.subplots(1, len(set_names), figsize=(4 * len(set_names), 4), sharey=True)
@@ -381,14 +387,14 @@ def _plot_reliability(all_probs, labels, num_bins, run_dir):
     for ax, s in zip(np.atleast_1d(axes), set_names, strict=True):
         for name in names:
             probs = all_probs[name][s]
-            conf, correct = probs.max(-1), probs.argmax(-1) == labels
+            conf, correct = probs.max(-1), probs.argmax(-1) == classes
             xs, ys = [], []
             for lo, hi in zip(edges[:-1], edges[1:], strict=True):
                 inside = (conf > lo) & (conf <= hi)
                 if inside.sum() >= 5:
                     xs.append(conf[inside].mean())
                     ys.append(correct[inside].mean())
-            ax.plot(xs, ys, "o-", label=name)
+            ax.plot(xs, ys, "o-", label=legend[name])
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set_title(s)
         ax.set_xlabel("confidence")

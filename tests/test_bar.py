@@ -57,6 +57,17 @@ def test_mean_and_variance_are_moments_of_the_density(bar):
     assert float(bar.variance) == pytest.approx(second - mean**2, abs=1e-6)
 
 
+def test_variance_is_shift_invariant_in_float32():
+    """Borders far from 0 relative to their spread: E[y²] − E[y]² in float32 gave 0; moments
+    about the mean give the variance of the unshifted bars (batched logits)."""
+    borders = np.array([-2.0, -1.0, -0.3, 0.0, 0.5, 1.5, 3.0], np.float32)
+    logits = jnp.array([[0.3, -0.2, 1.0, 0.1, -1.0, 0.5], [2.0, 0.0, 0.0, 0.0, 0.0, -3.0]])
+    near = BarDistribution(jnp.asarray(borders), logits).variance
+    far = BarDistribution(jnp.asarray(borders + 1000.0), logits).variance
+    assert far.shape == (2,) and far.dtype == jnp.float32
+    np.testing.assert_allclose(far, near, rtol=1e-3)
+
+
 def test_samples_follow_the_cdf_tails_included(bar):
     # KS test at level 0.001 on 20000 draws; the tail buckets hold 28% of the mass here
     draws = np.asarray(bar.sample(jax.random.key(0), (20000,)))

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 
 from probnet.distributions.gmm import GMM, fit_gmm, gmm_kl_divergence
 from probnet.priors.gmm import (
@@ -75,6 +76,24 @@ def test_condition_matches_dense_grid_1d(x64):
     )
     mass = np.trapezoid(comp, grid, axis=0)
     np.testing.assert_allclose(post.weights, mass / mass.sum(), rtol=1e-8)
+
+
+def test_condition_on_many_points_in_float32():
+    """Component weights after n = 1e5 observations: p(k | y) ∝ w_k N(ȳ; Hμ_k, H²σ_k² + R/n).
+    The evidence's quadratic form was a difference of two terms of order n (0.03 nats off)."""
+    prior, H, R = prior_1d(), jnp.array([[1.5]]), jnp.array([[0.7]])
+    y = 0.45 + np.sqrt(0.7) * np.random.default_rng(0).normal(size=(100_000, 1))
+    y = y.astype(np.float32)
+    post = prior.condition_linear_gaussian(H, R, jnp.asarray(y))
+    assert post.log_weights.dtype == jnp.float32
+    mean, var = np.array([-1.5, 0.3, 2.0]), np.array([0.3, 1.2, 0.5]) ** 2  # chol: std
+    total = 1.5**2 * var + 0.7 / len(y)
+    ybar = y.astype(np.float64).mean()
+    expected = np.log([0.2, 0.5, 0.3]) - 0.5 * (ybar - 1.5 * mean) ** 2 / total
+    expected = expected - 0.5 * np.log(total)
+    expected -= scipy.special.logsumexp(expected)
+    got = np.asarray(post.log_weights, np.float64)
+    np.testing.assert_allclose(got - scipy.special.logsumexp(got), expected, atol=2e-3)
 
 
 def test_condition_matches_importance_sampling_2d(x64):

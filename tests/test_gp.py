@@ -108,6 +108,20 @@ def test_posterior_samples_match_posterior_moments():
     np.testing.assert_allclose(np.cov(np.asarray(draws), rowvar=False), cov, atol=0.02)
 
 
+def test_posterior_samples_in_float32_with_small_noise():
+    """k** − VᵀV has eigenvalues of −1e-6 from float32 round-off where the posterior variance
+    is ~1e-7; sampling must still factorise it (it raised 'Cholesky factorisation failed')."""
+    rng = np.random.default_rng(0)
+    x = np.sort(rng.uniform(0, 1, (50, 1)), 0).astype(np.float32)
+    y = np.sin(6 * x[:, 0])
+    xs = np.linspace(0, 1, 100, dtype=np.float32)[:, None]
+    kernel = RBF(1.0, 0.3)
+    draws = gp.sample_posterior(jax.random.key(0), kernel, 1e-4, x, y, xs, num_samples=2000)
+    assert draws.dtype == jnp.float32 and np.all(np.isfinite(draws))
+    mean, var = gp.predict(kernel, 1e-4, x, y, xs, include_noise=False)
+    assert np.all(np.abs(draws.mean(0) - mean) < 5 * np.sqrt(var / 2000) + 1e-3)
+
+
 def test_fit_hyperparameters_recovers_lengthscale(x64):
     # Tolerance: with 100 points from a GP with lengthscale 0.2 the ML estimate is within 20%
     # (seen for seeds 0-3: 0.16-0.22).

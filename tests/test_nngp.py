@@ -449,6 +449,20 @@ def test_mixture_predictive_samples_match_its_moments():
         np.testing.assert_allclose(draws.var(0), pred.variance, rtol=0.05)
 
 
+def test_class_probabilities_at_context_points_with_tiny_noise():
+    """With noise 1e-6 (fit's floor) the float32 latent variance at context points rounds to 0;
+    it is floored at round-off, so class probabilities stay finite (they were NaN)."""
+    x = jax.random.normal(jax.random.key(0), (200, 5))
+    y = jax.nn.one_hot(jnp.argmax(x[:, :3], axis=1), 3)
+    kernel = serial(Dense(1.5, 0.1), ReLU(), Dense(1.5, 0.1))
+    for prior in (None, InverseGamma(2.0, 2.0)):
+        posterior = ScaleMixtureNNGP(kernel, prior, 1e-6).condition(x, y)
+        assert float(jnp.min(posterior.gp_variance(x, include_noise=False))) > 0
+        probs = posterior.class_probabilities(jax.random.key(1), x)
+        assert np.all(np.isfinite(probs))
+        np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+
+
 def test_fit_raises_marginal_likelihood(x64, regression_data):
     x, y, _, _ = regression_data
     kernel = serial(Dense(1.0, 0.5), ReLU(), Dense(1.0, 0.5))
@@ -562,6 +576,18 @@ def test_student_t_cdf_in_float32():
         grads = jax.vmap(jax.grad(dist.cdf))(jnp.asarray(z))
         np.testing.assert_allclose(grads, scipy.stats.t.pdf(z, df), rtol=1e-4, atol=1e-9)
     assert np.isinf(BurrXII(1.0, 0.5).mean)
+
+
+def test_quantiles_at_the_ends_in_float32():
+    """float32 π/2 exceeds π/2: the half-Cauchy quantile at 1 was −2.3e7; Student-t's bisection
+    ended at ±1.3e7 instead of ±inf."""
+    q = np.array([0.0, 0.3, 0.99, 1.0], np.float32)
+    np.testing.assert_allclose(
+        HalfCauchy(1.5).quantile(q), scipy.stats.halfcauchy.ppf(q, 0, 1.5), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        StudentT(3.0, 0.0, 1.0).quantile(q), scipy.stats.t.ppf(q, 3.0), rtol=1e-5
+    )
 
 
 def test_nngp_kernel_is_a_composable_kernel(x64, regression_data):

@@ -3,6 +3,7 @@
 import json
 import os
 import warnings
+from types import SimpleNamespace
 
 import equinox as eqx
 import jax
@@ -159,6 +160,21 @@ def test_throughput_counts_finished_calls_once(monkeypatch):
     assert clock["step"] == 15
 
 
+def test_throughput_is_timed_from_the_end_of_the_first_call(monkeypatch):
+    """The first call compiles; it is waited for and its steps are not counted (the clock
+    started after it while its steps were counted: a demo of one logging interval per call
+    reported 3e6 tasks/s for ~150). One tick of a fake clock per reading."""
+    import probnet.training.trainer as trainer_module
+
+    ticks = iter(float(t) for t in range(100))
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    config = small_config(steps=15, steps_per_call=5, log_every=15, checkpoint_every=0)
+    trainer = Trainer(gaussian_nll, SineTasks(), config)
+    trainer.fit(make_model(), jax.random.key(0))
+    # clock read at the start (0), after the first call (1) and at the end (2): steps 6..15
+    assert [r["tasks_per_sec"] for r in trainer.history] == [10 * config.num_tasks / 1.0]
+
+
 def test_resumed_run_equals_uninterrupted(runs):
     full, _, resumed, resumed_dir = runs
     assert int(resumed.step) == 20
@@ -310,3 +326,18 @@ def test_flax_nnx_module_trains_through_adapter(tmp_path):
     assert isinstance(trained, Net)
     loaded = load_checkpoint(list_checkpoints(tmp_path)[-1], trainer.init(model, jax.random.key(0)))
     assert_same_params(state, loaded)
+
+
+def test_resuming_under_a_changed_config_names_the_changed_keys(tmp_path, monkeypatch):
+    import probnet.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module.ckpt, "list_checkpoints", lambda run_dir: ["step_1"])
+    (tmp_path / "config.yaml").write_text("seed: 0\ntrainer:\n  lr: 0.001\n  steps: 10\n")
+    with pytest.warns(UserWarning) as caught:
+        trainer_module._check_same_config(tmp_path, "seed: 5\ntrainer:\n  lr: 0.01\n  steps: 10\n")
+    message = str(caught[0].message)
+    assert "seed: 0 -> 5" in message and "trainer.lr: 0.001 -> 0.01" in message
+    assert "steps" not in message and "has no effect" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer_module._check_same_config(tmp_path, "seed: 0\ntrainer:\n  lr: 0.001\n  steps: 10\n")

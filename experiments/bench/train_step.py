@@ -179,7 +179,7 @@ def main():
         print(json.dumps(bench_devices(args)))
         return
     result = {
-        "bench": "train_step",
+        "benchmark": "train_step",
         "device": jax.devices()[0].device_kind,
         "cpu_count": os.cpu_count(),
         "num_tasks": args.num_tasks,

@@ -161,13 +161,18 @@ class BarDistribution(AbstractDistribution):
 
     @property
     def variance(self):
+        # second moments about the mean (E[x²] − E[x]² loses everything when the borders sit
+        # far from 0 relative to the spread: 0 instead of 0.03 at borders 1000 ± 3)
         p = jnp.exp(self.log_probs)
+        mean = self.mean[..., None]
         left, s_left, right, s_right = self._tails()
-        a, b = self.borders[:-1], self.borders[1:]
+        a, b = self.borders[:-1] - mean, self.borders[1:] - mean
         second = (a**2 + a * b + b**2) / 3.0
-        second = second.at[0].set(left**2 - 2 * left * s_left * _SQRT_2_OVER_PI + s_left**2)
-        second = second.at[-1].set(right**2 + 2 * right * s_right * _SQRT_2_OVER_PI + s_right**2)
-        return jnp.maximum(jnp.sum(p * second, axis=-1) - self.mean**2, 0.0)
+        lo, hi = left - mean[..., 0], right - mean[..., 0]
+        c = _SQRT_2_OVER_PI
+        second = second.at[..., 0].set(lo**2 - 2 * lo * s_left * c + s_left**2)
+        second = second.at[..., -1].set(hi**2 + 2 * hi * s_right * c + s_right**2)
+        return jnp.sum(p * second, axis=-1)
 
     def sample(self, key: PRNGKeyArray, shape: tuple[int, ...] = ()):
         k_bucket, k_within = jax.random.split(key)

@@ -284,8 +284,11 @@ class GMM(eqx.Module):
             v = gl.T @ resid
             u = solve_lower(c, v)  # C⁻¹ v
             mu_post = mu + chol @ solve_lower_transpose(c, u)
-            safe_n = jnp.maximum(n, 1.0)
-            quad = jnp.sum(resid**2) / safe_n - jnp.sum(u**2)  # n‖L_R⁻¹(ȳ − Hμ)‖² − ‖C⁻¹v‖²
+            # n‖L_R⁻¹(ȳ − Hμ)‖² − ‖C⁻¹v‖², by Woodbury as ‖D⁻¹ r‖²/n with DDᵀ = I + n·GGᵀ
+            # (G = L_R⁻¹HL): the difference of two terms of order n lost 0.03 nats of log-weight
+            # at n = 1e5 in float32
+            d_chol = cholesky(jnp.eye(m, dtype=dtype) + n * gl @ gl.T, jitter=0.0)
+            quad = jnp.sum(solve_lower(d_chol, resid) ** 2) / jnp.maximum(n, 1.0)
             log_evidence = -0.5 * quad - jnp.sum(jnp.log(jnp.diagonal(c)))
             return mu_post, chol_post, log_evidence
 

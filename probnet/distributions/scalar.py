@@ -214,4 +214,4 @@ class Discrete(AbstractDistribution):
 
     @property
     def variance(self):
-        return jnp.sum(self.probs * self.values**2) - self.mean**2
+        return jnp.sum(self.probs * (self.values - self.mean) ** 2)

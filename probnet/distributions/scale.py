@@ -159,6 +159,7 @@ class StudentT(_Scalar):
             return jnp.where((new >= z_lo) & (new <= z_hi) & jnp.isfinite(new), new, z)
 
         z = jax.lax.fori_loop(0, num_newton, newton, jnp.tan(0.5 * (lo + hi)))
+        z = jnp.where(q <= 0, -jnp.inf, jnp.where(q >= 1, jnp.inf, z))
         return self.loc + self.scale * z
 
 
@@ -246,7 +247,12 @@ class HalfCauchy(_Scalar):
         return (2 / jnp.pi) * jnp.arctan(jnp.maximum(jnp.asarray(value), 0.0) / self.scale)
 
     def quantile(self, q):
-        return self.scale * jnp.tan(0.5 * jnp.pi * jnp.asarray(q))
+        # upper half as 1/tan of the complement: float32 π/2 exceeds π/2, so tan(π/2·q) went
+        # negative at q = 1 (and lost digits near it)
+        q = jnp.asarray(q)
+        upper = q > 0.5
+        angle = 0.5 * jnp.pi * jnp.where(upper, 1.0 - q, q)
+        return self.scale * jnp.where(upper, 1.0 / jnp.tan(angle), jnp.tan(angle))
 
     def sample(self, key: PRNGKeyArray, shape: tuple[int, ...] = ()):
         full = tuple(shape) + self.batch_shape

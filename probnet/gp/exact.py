@@ -41,8 +41,10 @@ class GPPosterior(eqx.Module):
 
     def variance(self, x_target: Float[Array, "M D"], include_noise: bool = True):
         v = solve_lower(self.chol, self.cross(x_target))
-        var = self.kernel.diag(x_target) - jnp.sum(v**2, axis=0)
-        var = jnp.maximum(var, 0.0)
+        prior = self.kernel.diag(x_target)
+        # floored at the round-off of the difference (eps·prior), not 0: a latent variance
+        # that rounds to 0 at a context point gave zero scales and NaN class probabilities
+        var = jnp.maximum(prior - jnp.sum(v**2, axis=0), jnp.finfo(prior.dtype).eps * prior)
         return var + self.noise_variance if include_noise else var
 
     def covariance(self, x_target: Float[Array, "M D"], include_noise: bool = True):
@@ -180,6 +182,10 @@ def sample_posterior(
         kernel, noise_variance, x_context, y_context, x_target, context_mask
     )
     mean, cov = post.mean(x_target), post.covariance(x_target, include_noise)
-    chol = cholesky(cov)
+    # k** − VᵀV carries round-off of order eps·k** (eigenvalues of −1e-6 in float32 where the
+    # posterior variance is 1e-7): jitter on that scale first, as Cholesky's own is relative to
+    # the (small) posterior diagonal
+    round_off = 100 * jnp.finfo(cov.dtype).eps * jnp.mean(kernel.diag(x_target))
+    chol = cholesky(cov + round_off * jnp.eye(cov.shape[0], dtype=cov.dtype))
     eps = jax.random.normal(key, (num_samples, x_target.shape[0]), mean.dtype)
     return mean + eps @ chol.T

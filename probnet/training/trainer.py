@@ -323,8 +323,11 @@ class Trainer:
         try:
             while step < cfg.steps:
                 leaves, packed = compiled(leaves, self._source_leaves)
-                if step == start:  # the first call compiles: throughput is timed from here
-                    clock["time"] = time.perf_counter()
+                if step == start and cfg.steps - start > cfg.steps_per_call:
+                    # the first call compiles: throughput is timed from its end (one wait, once;
+                    # a run of a single call is timed with its compilation)
+                    jax.block_until_ready(packed)
+                    clock["step"], clock["time"] = start + cfg.steps_per_call, time.perf_counter()
                 current.append(packed)
                 step += cfg.steps_per_call
                 bar.update(cfg.steps_per_call)
@@ -382,16 +385,16 @@ class Trainer:
         """
         ready = intervals[:-1] if keep_last else list(intervals)
         del intervals[: len(ready)]
-        records, first = [], clock["step"]
+        records, spc = [], self.config.steps_per_call
         for last_step, packed in ready:
+            first = last_step - len(packed) * spc
             records.append({"step": last_step, **_summarise(packed, self._metric_names, first)})
-            first = last_step
         if records:
-            done = first
+            done = records[-1]["step"]
             if intervals:  # calls finish in order: count those of the newest already done
                 last_step, packed = intervals[-1]
                 pending = len(packed) - sum(bool(p.is_ready()) for p in packed)
-                done = last_step - pending * self.config.steps_per_call
+                done = last_step - pending * spc
             now = time.perf_counter()
             rate = (done - clock["step"]) * self.config.num_tasks / (now - clock["time"])
             for record in records:
@@ -424,9 +427,39 @@ def _to_yaml(config) -> str | None:
 
 
 def _check_same_config(run_dir: Path, config_yaml: str) -> None:
+    """Warn, naming the keys, when a run resumes under a config other than its saved one."""
     path = run_dir / ckpt.CONFIG_FILE
-    if ckpt.list_checkpoints(run_dir) and path.is_file() and path.read_text() != config_yaml:
-        warnings.warn(
-            f"resuming {run_dir} with a config that differs from its saved config.yaml",
-            stacklevel=3,
-        )
+    if not (ckpt.list_checkpoints(run_dir) and path.is_file()):
+        return
+    saved = path.read_text()
+    if saved == config_yaml:
+        return
+    from omegaconf import OmegaConf
+
+    def flat(text):
+        return _flatten(OmegaConf.to_container(OmegaConf.create(text)) or {})
+
+    old, new = flat(saved), flat(config_yaml)
+    absent = "<absent>"
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, absent) != new.get(k, absent))
+    listed = "; ".join(f"{k}: {old.get(k, absent)} -> {new.get(k, absent)}" for k in changed[:8])
+    more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+    warnings.warn(
+        f"resuming {run_dir} with a config that differs from its saved config.yaml ({listed}"
+        f"{more}): training continues from the checkpoint (with its random key, so a changed "
+        "seed has no effect) and config.yaml is replaced by the new config",
+        stacklevel=3,
+    )
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    """Nested dicts/lists -> {"a.b.0": leaf}."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    flat = {}
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, dict | list) and value:
+            flat |= _flatten(value, name + ".")
+        else:
+            flat[name] = value
+    return flat
