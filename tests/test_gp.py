@@ -110,7 +110,7 @@ def test_posterior_samples_match_posterior_moments():
 
 def test_posterior_samples_in_float32_with_small_noise():
     """k** − VᵀV has eigenvalues of −1e-6 from float32 round-off where the posterior variance
-    is ~1e-7; sampling must still factorise it (it raised 'Cholesky factorisation failed')."""
+    is ~1e-5; sampling must still work (it raised 'Cholesky factorisation failed')."""
     rng = np.random.default_rng(0)
     x = np.sort(rng.uniform(0, 1, (50, 1)), 0).astype(np.float32)
     y = np.sin(6 * x[:, 0])
@@ -120,6 +120,9 @@ def test_posterior_samples_in_float32_with_small_noise():
     assert draws.dtype == jnp.float32 and np.all(np.isfinite(draws))
     mean, var = gp.predict(kernel, 1e-4, x, y, xs, include_noise=False)
     assert np.all(np.abs(draws.mean(0) - mean) < 5 * np.sqrt(var / 2000) + 1e-3)
+    # and the variances are not inflated by jitter (a jittered Cholesky factor gave 1.8x)
+    ratio = np.median(np.asarray(draws.var(0)) / np.asarray(var))
+    assert 0.9 < ratio < 1.1
 
 
 def test_fit_hyperparameters_recovers_lengthscale(x64):

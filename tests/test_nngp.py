@@ -565,16 +565,22 @@ def test_student_t_cdf_in_float32():
     (it was flat, and off by 4e-4 at ν = 358). The incomplete beta loses digits as ν grows
     (3.5e-4 at ν = 1e4, 2.7e-2 at ν = 1e6): large ν go through Hill's normal transform."""
     z = np.array([-6.0, -0.1, -1e-3, 0.0, 1e-4, 1e-2, 0.5, 1.0, 4.0], np.float32)
+    ends = np.array([-np.inf, -1e20, 1e20, np.inf], np.float32)
+    q = np.array([0.01, 0.3, 0.5, 0.9], np.float32)
+    standard = lambda df: StudentT(df, 0.0, 1.0)
+    cdf = jax.jit(lambda df, x: standard(df).cdf(x))  # df traced: one compilation for all
+    quantile = jax.jit(lambda df, p: standard(df).quantile(p))
+    density = jax.jit(lambda df, x: jax.vmap(jax.grad(standard(df).cdf))(x))
     for df in (4.0, 358.0, 1e4, 1e6):
-        dist = StudentT(df, 0.0, 1.0)
-        assert dist.cdf(z).dtype == jnp.float32
-        np.testing.assert_allclose(dist.cdf(z), scipy.stats.t.cdf(z, df), rtol=1e-5, atol=5e-7)
-        assert abs(float(dist.quantile(0.5))) < 1e-5
-        q = np.array([0.01, 0.3, 0.9], np.float32)
-        np.testing.assert_allclose(dist.quantile(q), scipy.stats.t.ppf(q, df), rtol=1e-5)
+        df32 = np.float32(df)
+        assert cdf(df32, z).dtype == jnp.float32
+        np.testing.assert_allclose(cdf(df32, z), scipy.stats.t.cdf(z, df), rtol=1e-5, atol=5e-7)
+        np.testing.assert_array_equal(cdf(df32, ends), [0.0, 0.0, 1.0, 1.0])  # not NaN
+        got = quantile(df32, q)
+        assert abs(float(got[2])) < 1e-5
+        np.testing.assert_allclose(got, scipy.stats.t.ppf(q, df), rtol=1e-5, atol=1e-6)
         # no branch leaks a NaN into the gradient, which is the density (also at z = 0)
-        grads = jax.vmap(jax.grad(dist.cdf))(jnp.asarray(z))
-        np.testing.assert_allclose(grads, scipy.stats.t.pdf(z, df), rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(density(df32, z), scipy.stats.t.pdf(z, df), rtol=1e-4, atol=1e-9)
     assert np.isinf(BurrXII(1.0, 0.5).mean)
 
 

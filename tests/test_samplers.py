@@ -461,6 +461,8 @@ def _reference_ess(split):
     """ESS of one component, `split` `[chains, n]`, transcribed from the R package posterior's
     `ess` (loops, as written there; lags 0-based) -> `(ess, reached_bound)`."""
     m, n = split.shape
+    if n < 3:
+        return np.nan, False
     centred = split - split.mean(1, keepdims=True)
     acov = np.array([[np.dot(c[: n - t], c[t:]) / n for t in range(n)] for c in centred])
     w = acov[:, 0].mean() * n / (n - 1)
@@ -482,7 +484,8 @@ def _reference_ess(split):
         t += 2
         if rho[t] + rho[t + 1] > rho[t - 2] + rho[t - 1]:
             rho[t] = rho[t + 1] = (rho[t - 2] + rho[t - 1]) / 2
-    tau = -1 + 2 * rho[:max_t].sum() + rho[max_t]
+    head = rho[:max_t].sum() if max_t > 0 else rho[0]  # R's rho_hat_t[1:0] is rho_hat_t[1]
+    tau = -1 + 2 * head + rho[max_t]
     return m * n / max(tau, 1 / np.log10(m * n)), reached_bound
 
 
@@ -502,6 +505,22 @@ def test_ess_matches_reference_implementation(chain_length, rho, bound):
         reference, reached_bound = _reference_ess(split)
         assert reached_bound == bound
         assert diagnostics.ess_mean(x)[0] == pytest.approx(reference, rel=1e-10)
+
+
+def test_ess_of_short_and_alternating_chains_matches_reference():
+    """A single lag pair (2 to 5 draws per split chain) or an alternating chain (first pair
+    sum ≤ 0): τ = 2 as in posterior (τ was clamped, giving ESS = S·log10 S, more than the
+    S draws); under 3 draws per split chain, NaN."""
+    rng = np.random.default_rng(0)
+    chains = [ar1(rng, 4, length, 1, 0.999)[..., 0] for length in (6, 7, 8, 10, 11, 13)]
+    chains.append(np.where(np.arange(24) % 2, 1.0, -1.0) + 1e-3 * rng.normal(size=(4, 24)))
+    for x in chains:
+        half = x.shape[1] // 2
+        split = np.concatenate([x[:, :half], x[:, x.shape[1] - half :]], axis=0)
+        reference, _ = _reference_ess(split)
+        got = diagnostics.ess_mean(x[..., None])[0]
+        assert got == pytest.approx(reference, rel=1e-10) and got <= x.size
+    assert np.isnan(diagnostics.ess_mean(rng.normal(size=(4, 5, 1)))[0])
 
 
 def test_diagnostics_behaviour():

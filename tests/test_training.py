@@ -159,6 +159,13 @@ def test_throughput_counts_finished_calls_once(monkeypatch):
     assert [r["tasks_per_sec"] for r in drain(fake, intervals, clock, keep_last=True)] == [30.0]
     assert clock["step"] == 15
 
+    # Only the untimed first call (steps 1..5) is done: no rate yet, and the clock stays.
+    clock = {"step": 5, "time": 4.0}
+    intervals = [(5, [done]), (10, [_Pending()])]
+    records = drain(fake, intervals, clock, keep_last=True)
+    assert [r["step"] for r in records] == [5] and "tasks_per_sec" not in records[0]
+    assert clock == {"step": 5, "time": 4.0}
+
 
 def test_throughput_is_timed_from_the_end_of_the_first_call(monkeypatch):
     """The first call compiles; it is waited for and its steps are not counted (the clock
@@ -338,6 +345,6 @@ def test_resuming_under_a_changed_config_names_the_changed_keys(tmp_path, monkey
     message = str(caught[0].message)
     assert "seed: 0 -> 5" in message and "trainer.lr: 0.001 -> 0.01" in message
     assert "steps" not in message and "has no effect" in message
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the same values, written in another order: no warning
         warnings.simplefilter("error")
-        trainer_module._check_same_config(tmp_path, "seed: 0\ntrainer:\n  lr: 0.001\n  steps: 10\n")
+        trainer_module._check_same_config(tmp_path, "trainer:\n  steps: 10\n  lr: 0.001\nseed: 0\n")

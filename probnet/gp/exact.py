@@ -182,10 +182,11 @@ def sample_posterior(
         kernel, noise_variance, x_context, y_context, x_target, context_mask
     )
     mean, cov = post.mean(x_target), post.covariance(x_target, include_noise)
-    # k** − VᵀV carries round-off of order eps·k** (eigenvalues of −1e-6 in float32 where the
-    # posterior variance is 1e-7): jitter on that scale first, as Cholesky's own is relative to
-    # the (small) posterior diagonal
-    round_off = 100 * jnp.finfo(cov.dtype).eps * jnp.mean(kernel.diag(x_target))
-    chol = cholesky(cov + round_off * jnp.eye(cov.shape[0], dtype=cov.dtype))
+    # k** − VᵀV carries round-off of order eps·k**, far above the posterior variance near the
+    # context in float32 (eigenvalues of −1e-6 against variances of 1e-5): a Cholesky factor
+    # needs jitter that inflates those variances (~2x), so the factor is the symmetric square
+    # root with the round-off's negative eigenvalues set to 0
+    eigenvalues, vectors = jnp.linalg.eigh(0.5 * (cov + cov.T))
+    factor = vectors * jnp.sqrt(jnp.maximum(eigenvalues, 0.0))
     eps = jax.random.normal(key, (num_samples, x_target.shape[0]), mean.dtype)
-    return mean + eps @ chol.T
+    return mean + eps @ factor.T

@@ -48,13 +48,17 @@ def _flat(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
 
 def _ess(x: np.ndarray) -> np.ndarray:
     """ESS of `x` `[k, chains, samples]` (chains already split) -> `[k]`, as the reference
-    implementation of Vehtari et al. (2021) (R package posterior; ArviZ) computes it.
+    implementation of Vehtari et al. (2021), the R package posterior, computes it (NaN for
+    fewer than 3 draws per split chain).
 
-    Geyer's initial positive sequence runs over lag pairs up to four lags before the end; the
+    Geyer's initial positive sequence runs over lag pairs (2p, 2p + 1) with 2p < n − 3; the
     even term of the pair that ends it (the first non-positive pair, or the last pair
-    allowed) enters once. Stan's C++ differs only when the sequence reaches that bound, where
-    it adds the last even term three times."""
+    allowed) enters once; when that is the first pair, τ = 2, as posterior's indexing gives.
+    Stan's C++ differs only when the sequence reaches the bound (it adds the last even term
+    three times); ArviZ allows one more pair for odd n, and clamps τ instead of setting 2."""
     _, num_chains, n = x.shape
+    if n < 3:
+        return np.full(x.shape[0], np.nan)
     chain_mean = x.mean(axis=2)  # [k, m]
     centred = x - chain_mean[..., None]
     nfft = scipy.fft.next_fast_len(2 * n)
@@ -87,7 +91,7 @@ def _ess(x: np.ndarray) -> np.ndarray:
     pairs = np.minimum.accumulate(np.where(counted, even + odd, np.inf), axis=1)
     pairs = np.where(counted, pairs, 0.0)
 
-    tau = -1.0 + 2.0 * pairs.sum(axis=1) + extra
+    tau = np.where(last == 0, 2.0, -1.0 + 2.0 * pairs.sum(axis=1) + extra)
     total = num_chains * n
     tau = np.maximum(tau, 1.0 / np.log10(total))
     return np.where(degenerate, np.nan, total / tau)

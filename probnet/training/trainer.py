@@ -381,7 +381,8 @@ class Trainer:
         device has finished every interval read, and also those calls of the newest one, kept back,
         whose output is already there (on a GPU a read returns only once the work queued
         before it is nearly done): counting only the intervals read would credit those steps
-        to the next measurement and doubled the final record's rate.
+        to the next measurement and doubled the final record's rate. Records read before any
+        step after the (untimed, compiling) first call is done have no `tasks_per_sec`.
         """
         ready = intervals[:-1] if keep_last else list(intervals)
         del intervals[: len(ready)]
@@ -395,11 +396,12 @@ class Trainer:
                 last_step, packed = intervals[-1]
                 pending = len(packed) - sum(bool(p.is_ready()) for p in packed)
                 done = last_step - pending * spc
-            now = time.perf_counter()
-            rate = (done - clock["step"]) * self.config.num_tasks / (now - clock["time"])
-            for record in records:
-                record["tasks_per_sec"] = rate
-            clock["step"], clock["time"] = done, now
+            if done > clock["step"]:  # else only the untimed first call is done: no rate yet
+                now = time.perf_counter()
+                rate = (done - clock["step"]) * self.config.num_tasks / (now - clock["time"])
+                for record in records:
+                    record["tasks_per_sec"] = rate
+                clock["step"], clock["time"] = done, now
         return records
 
 
@@ -442,6 +444,8 @@ def _check_same_config(run_dir: Path, config_yaml: str) -> None:
     old, new = flat(saved), flat(config_yaml)
     absent = "<absent>"
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k, absent) != new.get(k, absent))
+    if not changed:  # the same values written differently
+        return
     listed = "; ".join(f"{k}: {old.get(k, absent)} -> {new.get(k, absent)}" for k in changed[:8])
     more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
     warnings.warn(
