@@ -2,7 +2,7 @@
 
 All functions take draws shaped `[chains, samples, *event]` and return one value per event
 component (shape `event`). They run in NumPy (float64) after sampling, so they add no
-compilation. Chains are split in half (an odd last draw is dropped), as in the paper.
+compilation. Chains are split in half (an odd chain's middle draw is dropped), as in the paper.
 
 - `rhat`: rank-normalised split-R-hat, the max of the bulk and the folded (tail) versions.
 - `ess_bulk`: ESS of the rank-normalised split draws.
@@ -10,8 +10,9 @@ compilation. Chains are split in half (an odd last draw is dropped), as in the p
 - `ess_mean`: ESS of the split draws themselves (for the Monte Carlo error of the mean).
 - `mcse_mean`, `mcse_sd`: Monte Carlo standard errors of the posterior mean and sd.
 
-The autocorrelation sum uses Geyer's initial monotone sequence as in Stan. Components with
-no variation give `nan` ESS and R-hat.
+The autocorrelation sum uses Geyer's initial monotone sequence as the paper's reference code
+(the R package posterior) does. Components with no variation, or a non-finite draw, give `nan`
+ESS and R-hat.
 """
 
 from __future__ import annotations
