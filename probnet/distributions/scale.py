@@ -13,10 +13,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import betainc, betaln, gammaln, ndtr, ndtri
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from probnet._checks import as_float_array
-from probnet.distributions.scalar import _check_positive_fields, _Scalar
+from probnet.distributions.scalar import _check_positive_fields, _large, _Scalar
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -27,16 +27,12 @@ def _uniform(key, shape, dtype):
     return jax.random.uniform(key, shape, dtype, minval=tiny, maxval=1.0)
 
 
-# From these df on, Hill's transform replaces the incomplete beta (which loses more digits than
-# Hill's error: float32 at ν = 30, 4e-6 against 8e-8, and Hill's relative error in the far
-# tails is below 1e-4 there; float64 at ν = 1e5, ~3e-11 each), and log-beta replaces
-# differences of log-gammas (whose cancellation costs 2e-5 nats at ν = 358 in float32; JAX's
-# float64 betaln is itself off by 5e-8 at moderate arguments)
-_LARGE = {jnp.dtype(jnp.float32): 30.0, jnp.dtype(jnp.float64): 1e5}
-
-
-def _large(value, dtype) -> Bool[Array, "..."]:
-    return value >= _LARGE.get(jnp.dtype(dtype), 30.0)
+# `_large` (scalar.py): from these df on (30 in float32, 1e5 in float64), Hill's transform
+# replaces the incomplete beta (which loses more digits than Hill's error: float32 at ν = 30,
+# 4e-6 against 8e-8, and Hill's relative error in the far tails is below 1e-4 there; float64 at
+# ν = 1e5, ~3e-11 each), and log-beta replaces differences of log-gammas (whose cancellation
+# costs 2e-5 nats at ν = 358 in float32; JAX's float64 betaln is itself off by 5e-8 at moderate
+# arguments)
 
 
 def log_gamma_ratio(a: Float[Array, "..."], h: Float[Array, "..."]) -> Float[Array, "..."]:
