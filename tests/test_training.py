@@ -348,3 +348,23 @@ def test_resuming_under_a_changed_config_names_the_changed_keys(tmp_path, monkey
     with warnings.catch_warnings():  # the same values, written in another order: no warning
         warnings.simplefilter("error")
         trainer_module._check_same_config(tmp_path, "trainer:\n  steps: 10\n  lr: 0.001\nseed: 0\n")
+
+
+def test_records_without_a_rate_do_not_break_the_progress_bar(monkeypatch):
+    """A record read before any timed step is done has no tasks_per_sec (which call is done
+    first is up to the device); the progress bar then shows the loss alone (it raised
+    KeyError)."""
+    original = Trainer._drain
+
+    def drain(self, *args, **kwargs):
+        records = original(self, *args, **kwargs)
+        for record in records:
+            record.pop("tasks_per_sec", None)
+        return records
+
+    monkeypatch.setattr(Trainer, "_drain", drain)
+    config = small_config(steps=10, steps_per_call=5, log_every=5, checkpoint_every=0)
+    config.progress = True
+    trainer = Trainer(gaussian_nll, SineTasks(), config)
+    trainer.fit(make_model(), jax.random.key(0))
+    assert [r["step"] for r in trainer.history] == [5, 10]

@@ -353,11 +353,10 @@ class Trainer:
                     logger.log(record)
                 if records:
                     last = records[-1]
-                    bar.set_postfix(
-                        loss=f"{last['loss']:.4g}",
-                        tasks_s=f"{last['tasks_per_sec']:.4g}",
-                        refresh=False,
-                    )
+                    postfix = {"loss": f"{last['loss']:.4g}"}
+                    if "tasks_per_sec" in last:  # absent before any timed step is done
+                        postfix["tasks_s"] = f"{last['tasks_per_sec']:.4g}"
+                    bar.set_postfix(postfix, refresh=False)
                 if do_ckpt:
                     if main:
                         ckpt.save_checkpoint(
