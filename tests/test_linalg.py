@@ -86,3 +86,29 @@ def test_gradients_through_the_small_path_match_finite_differences(x64):
     eps = 1e-6
     numeric = (f(eps) - f(-eps)) / (2 * eps)
     np.testing.assert_allclose(jax.grad(f)(0.0), numeric, rtol=1e-6)
+
+
+def test_float32_factor_has_no_jitter_when_it_succeeds():
+    """A float32 matrix that factors is factored as it is (a first jitter of 1e-6 of the mean
+    diagonal biased the log determinant of GP kernel matrices)."""
+    matrix = _spd(jax.random.key(5), (), SMALL_CHOLESKY + 8, jnp.float32)
+    np.testing.assert_array_equal(cholesky(matrix), jnp.linalg.cholesky(matrix))
+
+
+def test_masked_rows_neither_set_nor_receive_the_jitter():
+    """A matrix needing jitter, embedded among identity rows, gets the jitter it gets alone (the
+    scale is the mean of the real rows' diagonal, 1e-3 here, not 0.33 with the identity rows)
+    and the identity rows stay exact. Compared through L Lᵀ: the factor itself is ill-conditioned
+    (pivots ~3e-5) and differs by float32 round-off amplified ~100x."""
+    x = jnp.linspace(0.0, 1.0, 8)[:, None]
+    singular = 1e-3 * jnp.exp(-0.5 * (x - x.T) ** 2 / 4.0)  # fails without jitter in float32
+    real = np.array([1, 2, 4, 5, 7, 8, 10, 11])
+    mask = np.zeros(12, bool)
+    mask[real] = True
+    embedded = jnp.eye(12).at[np.ix_(real, real)].set(singular)
+    chol = np.asarray(cholesky(embedded, mask=mask))
+    alone = np.asarray(cholesky(singular))
+    block = chol[np.ix_(real, real)]
+    np.testing.assert_allclose(block @ block.T, alone @ alone.T, rtol=0, atol=1e-9)
+    assert np.all(chol[np.ix_(real, ~mask)] == 0) and np.all(chol[np.ix_(~mask, real)] == 0)
+    np.testing.assert_array_equal(chol[~mask][:, ~mask], np.eye(4))

@@ -70,16 +70,20 @@ def condition(
     x_context: Float[Array, "N D"],
     y_context: Float[Array, " N"],
     context_mask: Bool[Array, " N"] | None = None,
-    jitter: float | None = None,
+    jitter: float = 0.0,
 ) -> GPPosterior:
-    """Condition a zero-mean GP with Gaussian noise of variance `noise_variance` on a context."""
+    """Condition a zero-mean GP with Gaussian noise of variance `noise_variance` on a context.
+
+    `jitter` is the relative diagonal jitter the factorisation starts from (`linalg.cholesky`;
+    only the context's real points set its scale and receive it).
+    """
     noise_variance = as_float_array(noise_variance)
     n = x_context.shape[0]
     mask = jnp.ones((n,), bool) if context_mask is None else context_mask
     gram = kernel.gram(x_context, x_context) + noise_variance * jnp.eye(n, dtype=x_context.dtype)
     both = mask[:, None] & mask[None, :]
     gram = jnp.where(both, gram, jnp.eye(n, dtype=gram.dtype))
-    chol = cholesky(gram, jitter)
+    chol = cholesky(gram, jitter, mask=mask)
     alpha = cho_solve(chol, jnp.where(mask, y_context, 0.0))
     return GPPosterior(kernel, noise_variance, x_context, chol, alpha, mask)
 
