@@ -11,8 +11,8 @@ import pytest
 import scipy.stats
 
 from probnet import gp
-from probnet.distributions import Gamma, InverseGamma, Normal
-from probnet.distributions.scale import BurrXII, HalfCauchy, LogNormal, StudentT
+from probnet.distributions import InverseGamma, Normal
+from probnet.distributions.scale import BurrXII, LogNormal, StudentT
 from probnet.kernels import RBF, AbstractKernel
 from probnet.nngp import (
     Conv,
@@ -429,6 +429,33 @@ def test_importance_sampling_where_the_prior_sets_the_scale():
         assert (ess < 10 and warned) if proposal == "prior" else (ess > 500 and not warned)
 
 
+def test_importance_log_weights_in_float32_at_large_n():
+    """At n·C = 5e4 and 2e5 observed values the float32 log weights of the σ² draws equal a
+    float64 evaluation at the same draws to 1e-3 nats (the plain sum of terms of order n·C
+    lost 0.009 and 0.03 nats), and so does the log-evidence estimate, to within 2 float32 ulps
+    of n. The scale prior, a log-normal as narrow as the posterior, is the proposal."""
+    from scipy.special import logsumexp
+
+    from probnet.nngp.model import _importance
+
+    run = jax.jit(_importance, static_argnums=(5, 6))
+    for size in (5e4, 2e5):
+        quad, num_obs, logdet_c = (jnp.float32(v * size) for v in (1.3, 1.0, -0.8))
+        prior = LogNormal(jnp.log(quad / num_obs), 2.0 / np.sqrt(size))
+        log_s, log_w, log_ev = run(prior, quad, num_obs, logdet_c, jax.random.key(0), 1000, "prior")
+        assert log_w.dtype == jnp.float32
+        t = np.asarray(log_s, np.float64)
+        q, n, ld = float(quad), float(num_obs), float(logdet_c)
+        ref = -0.5 * n * (np.log(2 * np.pi) + t) - 0.5 * ld - 0.5 * q * np.exp(-t)
+        ref_w = ref - logsumexp(ref)
+        seen = ref_w > np.log(1e-6)
+        assert seen.sum() > 500
+        err = np.max(np.abs(np.asarray(log_w, np.float64) - ref_w)[seen])
+        assert err < 1e-3, (size, err)
+        ref_ev = logsumexp(ref) - np.log(len(t))
+        assert abs(float(log_ev) - ref_ev) <= 2 * np.spacing(np.float32(size)), size
+
+
 def test_mixture_predictive_samples_match_its_moments():
     """`sample` of the importance-sampling predictive (one σ², or one per output for vector
     and matrix targets) agrees with its `mean` and `variance`, and per-output predictives
@@ -536,90 +563,6 @@ def test_fitting_objective_gradient_equals_autodiff(x64):
         jax.jvp(along_first_reverse(fast), (gram, y2), second)[1],
     ):
         assert float(got) == pytest.approx(float(expected), rel=1e-8)
-
-
-def test_scale_distributions_match_scipy(x64):
-    v = np.array([0.05, 0.7, 3.0, 40.0])
-    q = np.array([0.01, 0.3, 0.5, 0.99])
-    cases = [
-        (StudentT(3.5, 0.2, 1.3), scipy.stats.t(3.5, 0.2, 1.3), np.array([-30, -1.0, 0.2, 5])),
-        (StudentT(1e6, 0.2, 1.3), scipy.stats.t(1e6, 0.2, 1.3), np.array([-9, -1.0, 0.2, 5])),
-        (BurrXII(2.0, 1.5, 0.7), scipy.stats.burr12(2.0, 1.5, scale=0.7), v),
-        (HalfCauchy(1.5), scipy.stats.halfcauchy(scale=1.5), v),
-        (LogNormal(0.3, 0.8), scipy.stats.lognorm(0.8, scale=np.exp(0.3)), v),
-    ]
-    for dist, ref, x in cases:
-        np.testing.assert_allclose(dist.log_prob(x), ref.logpdf(x), rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(dist.cdf(x), ref.cdf(x), rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(dist.quantile(q), ref.ppf(q), rtol=1e-7)
-        if np.isfinite(ref.var()):
-            np.testing.assert_allclose(dist.mean, ref.mean(), rtol=1e-10)
-            np.testing.assert_allclose(dist.variance, ref.var(), rtol=1e-10)
-        draws = np.asarray(dist.sample(jax.random.key(0), (2000,)))
-        assert scipy.stats.kstest(draws, ref.cdf).pvalue > 0.01
-    assert np.isinf(StudentT(2.0, 0.0, 1.0).variance) and np.isnan(StudentT(1.0, 0, 1).mean)
-
-
-def test_student_t_cdf_in_float32():
-    """ν/(ν+z²) rounds to 1 near z = 0 in float32; the cdf must still rise through 0.5 there
-    (it was flat, and off by 4e-4 at ν = 358). The incomplete beta loses digits as ν grows
-    (3.5e-4 at ν = 1e4, 2.7e-2 at ν = 1e6): large ν go through Hill's normal transform."""
-    z = np.array([-6.0, -0.1, -1e-3, 0.0, 1e-4, 1e-2, 0.5, 1.0, 4.0], np.float32)
-    ends = np.array([-np.inf, -1e20, 1e20, np.inf], np.float32)
-    q = np.array([0.01, 0.3, 0.5, 0.9], np.float32)
-    standard = lambda df: StudentT(df, 0.0, 1.0)
-    cdf = jax.jit(lambda df, x: standard(df).cdf(x))  # df traced: one compilation for all
-    quantile = jax.jit(lambda df, p: standard(df).quantile(p))
-    density = jax.jit(lambda df, x: jax.vmap(jax.grad(standard(df).cdf))(x))
-    for df in (4.0, 358.0, 1e4, 1e6):
-        df32 = np.float32(df)
-        assert cdf(df32, z).dtype == jnp.float32
-        np.testing.assert_allclose(cdf(df32, z), scipy.stats.t.cdf(z, df), rtol=1e-5, atol=5e-7)
-        np.testing.assert_array_equal(cdf(df32, ends), [0.0, 0.0, 1.0, 1.0])  # not NaN
-        got = quantile(df32, q)
-        assert abs(float(got[2])) < 1e-5
-        np.testing.assert_allclose(got, scipy.stats.t.ppf(q, df), rtol=1e-5, atol=1e-6)
-        # no branch leaks a NaN into the gradient, which is the density (also at z = 0)
-        np.testing.assert_allclose(density(df32, z), scipy.stats.t.pdf(z, df), rtol=1e-4, atol=1e-9)
-    assert np.isinf(BurrXII(1.0, 0.5).mean)
-
-
-def test_gamma_log_densities_at_large_concentration_in_float32():
-    """Gamma and inverse-gamma (the σ² posterior IG(α + n/2, ·)) at large α: the plain
-    a·log(bx) − bx − lgamma(a) lost 0.035 nats at α = 1e5 and 6.7 at 1e7 in float32."""
-    for a in (2.0, 1e3, 1e5, 1e7):
-        b = 0.7 * a
-        mode, sd = a / b, np.sqrt(a) / b
-        x = np.linspace(max(mode - 5 * sd, 1e-3), mode + 5 * sd, 11).astype(np.float32)
-        got = Gamma(a, b).log_prob(x)
-        assert got.dtype == jnp.float32
-        expected = scipy.stats.gamma.logpdf(x.astype(np.float64), a, scale=1 / b)
-        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-3 if a > 1e6 else 2e-4)
-        inv = (1 / x).astype(np.float32)
-        expected = scipy.stats.invgamma.logpdf(inv.astype(np.float64), a, scale=b)
-        np.testing.assert_allclose(
-            InverseGamma(a, b).log_prob(inv), expected, rtol=0, atol=2e-3 if a > 1e6 else 2e-4
-        )
-    # the form not taken leaks no NaN into gradients (importance sampling's Laplace step needs
-    # them far in the tails: a σ² of 1e13 under IG(3, 2) broke it)
-    for dist, x in (
-        (InverseGamma(3.0, 2.0), 1e13),
-        (Gamma(3.0, 2.0), 1e-13),
-        (Gamma(1e4, 1.0), 1e3),
-    ):
-        assert np.isfinite(float(jax.grad(dist.log_prob)(jnp.float32(x))))
-
-
-def test_quantiles_at_the_ends_in_float32():
-    """float32 π/2 exceeds π/2: the half-Cauchy quantile at 1 was −2.3e7; Student-t's bisection
-    ended at ±1.3e7 instead of ±inf."""
-    q = np.array([0.0, 0.3, 0.99, 1.0], np.float32)
-    np.testing.assert_allclose(
-        HalfCauchy(1.5).quantile(q), scipy.stats.halfcauchy.ppf(q, 0, 1.5), rtol=1e-5
-    )
-    np.testing.assert_allclose(
-        StudentT(3.0, 0.0, 1.0).quantile(q), scipy.stats.t.ppf(q, 3.0), rtol=1e-5
-    )
 
 
 def test_nngp_kernel_is_a_composable_kernel(x64, regression_data):

@@ -12,11 +12,12 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import betainc, betaln, gammaln, ndtr, ndtri
+import numpy as np
+from jax.scipy.special import betainc, betaln, gammaln, ndtr, ndtri, polygamma
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probnet._checks import as_float_array
-from probnet.distributions.scalar import _check_positive_fields, _large, _Scalar
+from probnet.distributions.scalar import _check_positive_fields, _large, _log1pmx, _Scalar
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -60,9 +61,11 @@ def _hill_normal_deviate(z, nu):
     b = 48.0 * a**2
     big = jnp.abs(z) > jnp.sqrt(nu)
     u = jnp.where(big, 1.0, z**2 / nu)
-    small = u < 1e-4
-    series = 1.0 - u * (0.5 - u * (1.0 / 3.0 - 0.25 * u))  # log1p(u)/u, error < u⁴/5
-    log1p_ratio = jnp.where(small, series, jnp.log1p(u) / jnp.where(small, 1.0, u))
+    # log1p(u)/u = 1 + log1pmx(u)/u; below u = 1e-8 it is 1 − u/2 to round-off in float64 too,
+    # and there the quotient's derivative (log1pmx(u)/u²) would underflow to 0·inf
+    tiny = u < 1e-8
+    safe_u = jnp.where(tiny, 1.0, u)
+    log1p_ratio = jnp.where(tiny, 1.0 - 0.5 * u, 1.0 + _log1pmx(safe_u) / safe_u)
     far = jnp.where(big, jnp.abs(z), 2.0 * jnp.sqrt(nu))
     log1p_far = 2.0 * jnp.log(far) - jnp.log(nu) + jnp.log1p(nu / far**2)  # log1p(z²/ν)
     w = jnp.where(big, jnp.sign(z) * jnp.sqrt(a * log1p_far), z * jnp.sqrt(a / nu * log1p_ratio))
@@ -163,6 +166,30 @@ class StudentT(_Scalar):
         return self.loc + self.scale * z
 
 
+def _lgamma_second_difference(x, h):
+    """lgamma(x + 2h) − 2·lgamma(x + h) + lgamma(x) for x > 0 and x + 2h > 0 (h of either sign),
+    free of the plain form's cancellation (the result is about h²·trigamma(x)). Shifted by 4,
+    lgamma(x) = lgamma(y) − log(x(x + 1)(x + 2)(x + 3)) with y = x + 4, each log's second
+    difference as log1pmx(2h/z) − 2·log1pmx(h/z); lgamma's at y as
+    h²·∫₀¹ u·(trigamma(y + hu) + trigamma(y + 2h − hu)) du by Gauss–Legendre (4 nodes in
+    float32, 7 in float64: trigamma's pole is ≥ 16 half-widths away) where |2h| ≤ y/4; the
+    plain form where h is larger, as nothing cancels much there."""
+    dtype = jnp.result_type(x, h)
+    x, h = jnp.broadcast_arrays(jnp.asarray(x, dtype), jnp.asarray(h, dtype))
+    small = jnp.abs(2.0 * h) <= 0.25 * (x + 4.0)
+    hs = jnp.where(small, h, 0.0)  # each form gets harmless inputs where unused
+    nodes, weights = np.polynomial.legendre.leggauss(7 if dtype == jnp.float64 else 4)
+    u, w = (0.5 * (nodes + 1.0)).astype(dtype), (0.25 * weights * (nodes + 1.0)).astype(dtype)
+    y, hu = (x + 4.0)[..., None], (hs[..., None] * u)
+    both = polygamma(1, jnp.stack([y + hu, y + 2.0 * hs[..., None] - hu]))
+    at_y = hs**2 * jnp.sum(w * (both[0] + both[1]), axis=-1)
+    steps = hs[..., None] / (x[..., None] + np.arange(4.0))  # h/z for z = x, …, x + 3
+    logs = jnp.sum(_log1pmx(2.0 * steps) - 2.0 * _log1pmx(steps), axis=-1)
+    hp = jnp.where(small, 0.0, h)
+    plain = gammaln(x + 2.0 * hp) - 2.0 * gammaln(x + hp) + gammaln(x)
+    return jnp.where(small, at_y - logs, plain)
+
+
 class BurrXII(_Scalar):
     """Burr type XII on x > 0 with shapes `c`, `k` and `scale` λ (SciPy's `burr12(c, k)`).
 
@@ -222,9 +249,22 @@ class BurrXII(_Scalar):
 
     @property
     def variance(self):
-        second = self._raw_moment(2)
-        var = jnp.where(jnp.isfinite(second), second - self._raw_moment(1) ** 2, jnp.inf)
-        return jnp.broadcast_to(var, self.batch_shape)
+        return jnp.broadcast_to(_burr_variance(self), self.batch_shape)
+
+
+@jax.jit  # one compiled computation also where `variance` is read outside jit
+def _burr_variance(dist: BurrXII) -> Float[Array, "..."]:
+    """m₁²·expm1(log(m₂/m₁²)): m₂ − m₁² cancels as c grows (the law concentrates at λ;
+    var/m₁² ≈ π²/(6c²) at k = 1: float32 lost 7.4e-3 relative at c = 100, 0.6 at 1e3). From
+    log m_r = log(λ^r·k) + lgamma(k − r/c) + lgamma(1 + r/c) − lgamma(k + 1),
+    log(m₂/m₁²) = Δ²lgamma(k; −1/c) + Δ²lgamma(1; 1/c)."""
+    c, k = jnp.broadcast_arrays(dist.c, dist.k)
+    finite = c * k > 2
+    h = 1.0 / c
+    safe_k = jnp.where(finite, k, 3.0 * h)
+    both = _lgamma_second_difference(jnp.stack([safe_k, jnp.ones_like(h)]), jnp.stack([-h, h]))
+    log_ratio = both[0] + both[1]
+    return jnp.where(finite, dist._raw_moment(1) ** 2 * jnp.expm1(log_ratio), jnp.inf)
 
 
 class HalfCauchy(_Scalar):

@@ -21,6 +21,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 from probnet import gp
 from probnet._checks import check_data, check_mask
 from probnet.distributions import NormalMixture
+from probnet.distributions.scalar import _standard_gamma_log_prob
 from probnet.kernels import RBF, AbstractParametrisedKernel
 from probnet.samplers.mcmc import nuts
 from probnet.samplers.predictive import _merge_draw_axes, normal_mixture_over_draws
@@ -80,11 +81,12 @@ class GammaPrior(AbstractHyperprior):
                 raise ValueError(f"{name} must be > 0, got {value}")
 
     def log_prob_log(self, log_value):
+        # log Gamma(θ; a, b) + log θ (Jacobian of θ = exp(log θ)), by the distributions' Gamma
+        # density of bθ (Stirling's form at large a, where the plain a·log b − lgamma(a) +
+        # a·log θ − bθ cancels), given log(bθ) so that θ may underflow
         a, b = self.concentration, self.rate
-        # log Gamma(θ; a, b) + log θ  (Jacobian of θ = exp(log θ))
-        return jnp.sum(
-            a * jnp.log(b) - jax.scipy.special.gammaln(a) + a * log_value - b * jnp.exp(log_value)
-        )
+        w, log_w = b * jnp.exp(log_value), jnp.log(b) + log_value
+        return jnp.sum(jnp.log(b) + _standard_gamma_log_prob(a, w, log_w) + log_value)
 
     def sample_log(self, key, shape):
         # loggamma: log of a gamma draw without underflow for small concentrations
