@@ -65,7 +65,7 @@ def retry_jitter(dtype) -> float:
     return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-6
 
 
-@functools.partial(jax.jit, static_argnames=("jitter", "max_jitter", "loop_up_to"))
+@eqx.filter_jit  # (not jax.jit: Equinox then reports a failed factorisation cleanly)
 def cholesky(
     matrix: Float[Array, "*batch N N"],
     jitter: float = 0.0,

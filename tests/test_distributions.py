@@ -330,3 +330,31 @@ def test_quantiles_at_the_ends_in_float32():
     np.testing.assert_allclose(
         StudentT(3.0, 0.0, 1.0).quantile(q), scipy.stats.t.ppf(q, 3.0), rtol=1e-5
     )
+
+
+def test_large_shape_forms_at_edge_inputs_in_float32():
+    """The large-shape branches far from the bulk (helper review): Stirling's Gamma density
+    below w = a/2 (w/a underflowed to u = −1: −inf), the Temme cdf's gradient where x < a·eps
+    or at 0 (NaN) and its NaN input, and the Burr XII variance where m₁² underflows (0, or
+    NaN from 0·inf)."""
+    log_theta = np.array([-5.0, -10.0, -20.0, -50.0], np.float32)
+    prior = GammaPrior(50.0, 2.0)
+    got = jax.vmap(jax.value_and_grad(prior.log_prob_log))(log_theta)
+    lt = log_theta.astype(np.float64)
+    expected = 50 * np.log(2.0) - scipy.special.gammaln(50.0) + 50 * lt - 2 * np.exp(lt)
+    np.testing.assert_allclose(got[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(got[1], 50 - 2 * np.exp(lt), rtol=1e-5)
+    np.testing.assert_allclose(
+        Gamma(50.0, 1.0).log_prob(np.float32(1e-7)),
+        scipy.stats.gamma.logpdf(np.float64(np.float32(1e-7)), 50.0),
+        rtol=1e-6,
+    )
+    x = np.array([-1.0, 0.0, 1e-30, 1.0, 50.0, 100.0, 1e30], np.float32)
+    value, slope = jax.vmap(jax.value_and_grad(Gamma(100.0, 1.0).cdf))(x)
+    at = np.maximum(x, 0).astype(np.float64)
+    np.testing.assert_allclose(value, scipy.special.gammainc(100.0, at), atol=1e-7)
+    np.testing.assert_allclose(slope, scipy.stats.gamma.pdf(at, 100.0), atol=1e-9)
+    assert np.isnan(float(Gamma(100.0, 1.0).cdf(np.float32(np.nan))))
+    tiny = BurrXII(np.float32(0.05), np.float32(100.0), np.float32(1.0)).variance
+    assert float(tiny) == pytest.approx(1.2124533e-28, rel=1e-4)  # m₁² ≈ 1.4e-28·…: no underflow
+    assert float(BurrXII(np.float32(1e-3), np.float32(5000.0)).variance) == 0.0  # not NaN

@@ -144,12 +144,16 @@ def _standard_gamma_log_prob(a, w, log_w=None):
     plain = (a - 1) * log_w - w - gammaln(a)
     large = _large(a, jnp.result_type(a, w))
     big_a = jnp.where(large, a, 1e3)
-    u = jnp.where(large, w / big_a - 1.0, 0.0)  # harmless where unused (no NaN gradients)
+    u = w / big_a - 1.0
+    # Stirling's form only above w = a/2: below, u rounds to −1 as w/a underflows (−inf), and
+    # the plain form is accurate relative to its value there (≤ −0.19a)
+    near = large & (u > -0.5)
+    u = jnp.where(near, u, 0.0)  # harmless where unused (no NaN gradients)
     inv = 1.0 / big_a
     stirlerr = inv * (1 / 12 - inv**2 * (1 / 360 - inv**2 / 1260))
-    safe_log_w = jnp.where(large, log_w, 0.0)
+    safe_log_w = jnp.where(near, log_w, 0.0)
     stirling = 0.5 * jnp.log(big_a / (2 * jnp.pi)) - stirlerr + big_a * _log1pmx(u) - safe_log_w
-    return jnp.where(large, stirling, plain)
+    return jnp.where(near, stirling, plain)
 
 
 # Temme's uniform expansion of the incomplete gamma function for large a (Temme 1979; DLMF
@@ -163,7 +167,7 @@ def _standard_gamma_log_prob(a, w, log_w=None):
 # |η| ≥ ½; nearer η = 0 those terms cancel, and _TEMME_TAYLOR[k] is c_k's Maclaurin series in η
 # (through λ − 1 = η + η²/3 + η³/36 + …, DLMF 8.12.13; radius 2√π, so at |η| < ½ the first 10
 # terms reach float32 and 20 float64). Both tables were derived from the recursion in exact
-# rational arithmetic (tests/test_nngp.py repeats the derivation and checks them).
+# rational arithmetic (tests/test_distributions.py repeats the derivation and checks them).
 _TEMME_CLOSED = (
     ((-1, 0, 0, -1), (0, -1, 0, 1)),
     ((-3, 0, 0, 1), (0, -3, 1, -1), (0, -1, 0, -1 / 12)),
@@ -251,11 +255,15 @@ def _regularized_gamma(a, x):
     a = 1e3, 0.6 at 1e6, values beyond [0, 1] at 1e7; float64: 3e-10 at 1e5, 3.5e-8 at 1e7)."""
     a, x = jnp.asarray(a), jnp.asarray(x)
     large = _large(a, jnp.result_type(a, x))
-    small_a = jnp.where(large, 1.0, a)  # each branch gets harmless inputs where unused
+    # each branch gets harmless inputs where unused (gammainc(1, x) has a NaN gradient at 0)
+    small_a = jnp.where(large, 2.0, a)
     plain = gammainc(small_a, x), gammaincc(small_a, x)
     a = jnp.where(large, a, 1e6)
     inside = (x > 0) & (x < jnp.inf)
-    mu = (jnp.where(inside, x, a) - a) / a  # λ − 1, exact up to the division's rounding
+    # λ − 1, exact up to the division's rounding; kept off −1 (x < a·eps), where η would be −inf
+    # and P(a, x) is 0 to any precision
+    mu = (jnp.where(inside, x, a) - a) / a
+    mu = jnp.maximum(mu, -1.0 + 4 * jnp.finfo(mu.dtype).eps)
     # η = μ·√(−2 log1pmx(μ)/μ²) near μ = 0, smooth through it (the ratio is 1 − 2μ/3 + …)
     mid, tiny = jnp.abs(mu) < 1.0, jnp.abs(mu) < 1e-8
     mu_mid = jnp.where(mid & ~tiny, mu, 0.5)
@@ -267,6 +275,7 @@ def _regularized_gamma(a, x):
     r = jnp.exp(-(y**2)) / jnp.sqrt(2 * jnp.pi * a) * _temme_series(eta, mu, a)
     lower = jnp.where(inside, 0.5 * erfc(-y) - r, jnp.where(x > 0, 1.0, 0.0))
     upper = jnp.where(inside, 0.5 * erfc(y) + r, jnp.where(x > 0, 0.0, 1.0))
+    lower, upper = (jnp.where(jnp.isnan(x), jnp.nan, v) for v in (lower, upper))
     return jnp.where(large, lower, plain[0]), jnp.where(large, upper, plain[1])
 
 
