@@ -236,12 +236,16 @@ class BurrXII(_Scalar):
         full = tuple(shape) + self.batch_shape
         return self.quantile(_uniform(key, full, self.scale.dtype))
 
+    def _log_raw_moment(self, order, k):
+        """log E[X^order] = log(λ^order·k) + log B(k − order/c, 1 + order/c), for c·k > order
+        (`k` is the shape, or a safe stand-in where that fails)."""
+        h = order / self.c
+        return order * jnp.log(self.scale) + jnp.log(k) + betaln(k - h, 1.0 + h)
+
     def _raw_moment(self, order):
-        c, k = self.c, self.k
-        finite = c * k > order
-        safe_k = jnp.where(finite, k, order / c + 1.0)
-        value = self.scale**order * k * jnp.exp(betaln(safe_k - order / c, 1.0 + order / c))
-        return jnp.where(finite, value, jnp.inf)
+        finite = self.c * self.k > order
+        safe_k = jnp.where(finite, self.k, order / self.c + 1.0)
+        return jnp.where(finite, jnp.exp(self._log_raw_moment(order, safe_k)), jnp.inf)
 
     @property
     def mean(self):
@@ -259,13 +263,13 @@ def _burr_variance(dist: BurrXII) -> Float[Array, "..."]:
     m₁² alone can underflow while the variance does not. From
     log m_r = log(λ^r·k) + lgamma(k − r/c) + lgamma(1 + r/c) − lgamma(k + 1),
     log(m₂/m₁²) = Δ²lgamma(k; −1/c) + Δ²lgamma(1; 1/c)."""
-    c, k, scale = jnp.broadcast_arrays(dist.c, dist.k, dist.scale)
+    c, k = jnp.broadcast_arrays(dist.c, dist.k)
     finite = c * k > 2
     h = 1.0 / c
     safe_k = jnp.where(finite, k, 3.0 * h)
     both = _lgamma_second_difference(jnp.stack([safe_k, jnp.ones_like(h)]), jnp.stack([-h, h]))
     log_ratio = jnp.maximum(both[0] + both[1], jnp.finfo(h.dtype).tiny)  # > 0 but for round-off
-    log_m1 = jnp.log(scale) + jnp.log(safe_k) + betaln(safe_k - h, 1.0 + h)
+    log_m1 = dist._log_raw_moment(1, safe_k)
     log_var = 2.0 * log_m1 + log_ratio + jnp.log(-jnp.expm1(-log_ratio))  # log expm1(ratio)
     return jnp.where(finite, jnp.exp(log_var), jnp.inf)
 

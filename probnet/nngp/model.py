@@ -111,13 +111,9 @@ def _relative_loglik(log_s, quad, num_obs):
 
 def _log_target(log_s, prior, quad, num_obs):
     """log p(log σ²) + log p(y | σ²) − L₀ (`_loglik_offset`): the unnormalised posterior
-    density of log σ², free of the constant of order n."""
+    density of log σ², free of the constant of order n. Also the NUTS target (module level,
+    so that the compiled sampler is cached across calls)."""
     return prior.log_prob(jnp.exp(log_s)) + log_s + _relative_loglik(log_s, quad, num_obs)
-
-
-def _log_scale_density(log_s, prior, quad, num_obs):
-    """NUTS target (module level so that the compiled sampler is cached across calls)."""
-    return _log_target(log_s, prior, quad, num_obs)
 
 
 def _laplace(prior, quad, num_obs, num_steps: int = 30):
@@ -558,7 +554,7 @@ class ScaleMixtureNNGP(eqx.Module):
         init = mode + std * jax.random.normal(k_init, (self.num_chains,), mode.dtype)
         per_chain = -(-self.num_samples // self.num_chains)
         result = samplers.nuts(
-            _log_scale_density,
+            _log_target,
             init,
             k_run,
             data=data,
